@@ -1,0 +1,211 @@
+"""Configuration: the seed's defaults, from Python dicts, a TOML file and ``CELFLOW_*`` variables.
+
+Precedence, lowest first: defaults, the TOML file, environment variables, command-line flags.
+:func:`load_config` also reports where each value came from (``celflow config show``).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+from ._exceptions import ConfigError
+
+__all__ = [
+    "CaptureConfig",
+    "Config",
+    "LoggingConfig",
+    "PersistenceConfig",
+    "default_config_path",
+    "load_config",
+    "parse_config",
+]
+
+PositiveInt = Annotated[int, Meta(ge=1)]
+PositiveFloat = Annotated[float, Meta(gt=0)]
+
+
+class PersistenceConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The seed's ``persistence`` section, and the settings CelFlow adds to it."""
+
+    database_path: str = "data/events.db"
+    batch_size: Annotated[int, Meta(ge=1, le=100_000)] = 100
+    batch_timeout: Annotated[float, Meta(gt=0, le=3600)] = 5.0
+    #: Days to keep events; 0 keeps them forever.
+    retention_days: Annotated[float, Meta(ge=0)] = 30
+    cleanup_interval_hours: Annotated[float, Meta(gt=0)] = 24
+    #: ``normal``: survives a crash of CelFlow; ``full``: also a power loss (fsync per batch).
+    durability: Literal["normal", "full"] = "normal"
+    #: Events that may wait in memory for the writer.
+    max_queue_size: Annotated[int, Meta(ge=1)] = 100_000
+    #: What a full queue does to a producer: wait (up to queue_timeout, then raise), drop, raise.
+    overflow: Literal["block", "drop", "raise"] = "block"
+    queue_timeout: Annotated[float, Meta(ge=0)] = 5.0
+    #: Event data larger than this many bytes (as JSON) is stored zstd-compressed.
+    compression_threshold: Annotated[int, Meta(ge=0)] = 1024
+    max_event_bytes: Annotated[int, Meta(ge=1024)] = 16 * 1024 * 1024
+    #: Seconds between system_stats snapshots; 0 switches them off.
+    stats_interval: Annotated[float, Meta(ge=0)] = 60.0
+
+
+def _default_watch_paths() -> list[str]:
+    return ["~/Desktop", "~/Documents", "~/Downloads"]
+
+
+class CaptureConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """What ``celflow run`` captures."""
+
+    filesystem: bool = True
+    #: Folders watched recursively; missing ones are skipped. If none exists, the home folder is
+    #: watched (not recursively). The data folder is never watched.
+    paths: list[str] = msgspec.field(default_factory=_default_watch_paths)
+    ignore_hidden: bool = True
+    processes: bool = True
+    process_interval: PositiveFloat = 2.0
+    #: Command lines can hold secrets; they are recorded only when this is on.
+    process_cmdline: bool = False
+
+
+class LoggingConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Console and rotating-file logging of ``celflow run``."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    #: File name in the data folder; empty switches file logging off.
+    file: str = "celflow.log"
+    max_bytes: PositiveInt = 5 * 1024 * 1024
+    backups: Annotated[int, Meta(ge=0)] = 3
+
+
+class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The whole configuration (the seed's top-level dict)."""
+
+    enable_persistence: bool = True
+    persistence: PersistenceConfig = msgspec.field(default_factory=PersistenceConfig)
+    capture: CaptureConfig = msgspec.field(default_factory=CaptureConfig)
+    logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
+
+
+_SECTIONS: dict[str, type[msgspec.Struct]] = {
+    "persistence": PersistenceConfig,
+    "capture": CaptureConfig,
+    "logging": LoggingConfig,
+}
+
+
+def _convert(data: Any, kind: type[Any], where: str, *, strict: bool = True) -> Any:
+    try:
+        return msgspec.convert(data, kind, strict=strict)
+    except msgspec.ValidationError as exc:
+        message = str(exc).replace("`$.", "`").replace("- at `$`", "")
+        raise ConfigError(f"invalid configuration ({where}): {message}") from None
+
+
+def parse_config(data: Mapping[str, Any] | Config | PersistenceConfig | None, *, where: str = "dict") -> Config:
+    """Accept the seed's shapes: the whole dict, or just the ``persistence`` dict."""
+    if data is None:
+        return Config()
+    if isinstance(data, Config):
+        return data
+    if isinstance(data, PersistenceConfig):
+        return Config(persistence=data)
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"a configuration must be a dict, not {type(data).__name__}")
+    whole = any(key in data for key in ("enable_persistence", *_SECTIONS))
+    return _convert(dict(data) if whole else {"persistence": dict(data)}, Config, where)
+
+
+def default_config_path(env: Mapping[str, str] | None = None) -> Path | None:
+    """``$CELFLOW_CONFIG``, else ``./celflow.toml``, else ``~/.config/celflow/config.toml``, if any exists."""
+    env = os.environ if env is None else env
+    if env.get("CELFLOW_CONFIG"):
+        return Path(env["CELFLOW_CONFIG"])
+    xdg = Path(env.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    for candidate in (Path("celflow.toml"), xdg / "celflow" / "config.toml"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def env_name(section: str, key: str) -> str:
+    """The variable that sets ``section.key``: ``CELFLOW_BATCH_SIZE``, ``CELFLOW_CAPTURE_PATHS``..."""
+    if section == "persistence":
+        return f"CELFLOW_{key.upper()}"
+    return f"CELFLOW_{section.upper()}_{key.upper()}"
+
+
+def _env_value(raw: str, current: Any) -> Any:
+    if isinstance(current, list):
+        return [p for p in raw.split(os.pathsep) if p]
+    return raw
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> tuple[Config, dict[str, str]]:
+    """Build the effective configuration; return it with the origin of every value.
+
+    ``overrides`` maps ``"section.key"`` to a value (command-line flags).
+    """
+    env = os.environ if env is None else env
+    merged: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
+    top: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    config_path = Path(path) if path is not None else default_config_path(env)
+    if config_path is not None:
+        try:
+            with open(config_path, "rb") as f:
+                loaded = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {config_path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {config_path} is not valid TOML: {exc}") from None
+        parsed = parse_config(loaded, where=str(config_path))  # validates keys and values
+        del parsed
+        for key, value in loaded.items():
+            if key in _SECTIONS:
+                merged[key].update(value)
+                origin.update({f"{key}.{k}": f"file {config_path}" for k in value})
+            else:
+                top[key] = value
+                origin[key] = f"file {config_path}"
+    defaults = Config()
+    for section, kind in _SECTIONS.items():
+        for key in kind.__struct_fields__:
+            name = env_name(section, key)
+            if name in env:
+                value = _env_value(env[name], getattr(getattr(defaults, section), key))
+                _convert({section: {key: value}}, Config, f"environment variable {name}", strict=False)
+                merged[section][key] = value
+                origin[f"{section}.{key}"] = f"env {name}"
+    if "CELFLOW_ENABLE_PERSISTENCE" in env:
+        top["enable_persistence"] = env["CELFLOW_ENABLE_PERSISTENCE"]
+        origin["enable_persistence"] = "env CELFLOW_ENABLE_PERSISTENCE"
+    for dotted, value in (overrides or {}).items():
+        section, _, key = dotted.partition(".")
+        _convert({section: {key: value}}, Config, f"command-line option for {dotted}", strict=False)
+        merged[section][key] = value
+        origin[dotted] = "command line"
+    config = _convert({**top, **merged}, Config, "effective settings", strict=False)
+    return config, origin
+
+
+def config_items(config: Config, origin: Mapping[str, str]) -> list[tuple[str, Any, str]]:
+    """Every setting as ``(dotted name, value, origin)``, for display."""
+    items: list[tuple[str, Any, str]] = [
+        ("enable_persistence", config.enable_persistence, origin.get("enable_persistence", "default"))
+    ]
+    for section in _SECTIONS:
+        values = getattr(config, section)
+        for key in values.__struct_fields__:
+            dotted = f"{section}.{key}"
+            items.append((dotted, getattr(values, key), origin.get(dotted, "default")))
+    return items

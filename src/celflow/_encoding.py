@@ -1,0 +1,316 @@
+"""Pure functions on plain values: validate an event, encode it canonically, hash and compress it.
+
+Everything here runs in the producer's thread, at the call, so a bad event is refused before
+anything is queued, and the writer thread only binds ready-made rows.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any, NamedTuple
+
+import msgspec
+import orjson
+import xxhash
+import zstandard
+
+from ._exceptions import ValidationError
+
+__all__ = [
+    "EncodingOptions",
+    "Row",
+    "decode_data",
+    "encode_data",
+    "parse_timestamp",
+    "prepare_batch",
+    "prepare_event",
+]
+
+#: Earliest and latest accepted timestamps: the epoch, and 2200-01-01T00:00:00Z.
+MIN_TIMESTAMP = 0.0
+MAX_TIMESTAMP = 7_258_118_400.0
+MAX_NAME_LENGTH = 256
+MAX_KEY_LENGTH = 256
+
+EVENT_FIELDS = frozenset({"event_type", "source", "action", "timestamp", "data", "idempotency_key"})
+#: Fields that get_events returns; accepted on input (so a read event can be stored again) and ignored.
+OUTPUT_ONLY_FIELDS = frozenset({"id", "hash", "processed", "created_at"})
+
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_GZIP_MAGIC = b"\x1f\x8b"
+_ORJSON_OPTS = orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
+_local = threading.local()
+
+
+class Row(NamedTuple):
+    """An event ready for the events table (the column order of the INSERT)."""
+
+    timestamp: float
+    event_type: str
+    action: str | None
+    source: str
+    data_json: str | None
+    data_compressed: bytes | None
+    hash: str
+
+
+class EncodingOptions(NamedTuple):
+    """Limits and thresholds applied when an event is prepared."""
+
+    compression_threshold: int = 1024
+    max_event_bytes: int = 16 * 1024 * 1024
+    compression_level: int = 3
+
+
+DEFAULT_OPTIONS = EncodingOptions()
+
+
+def parse_timestamp(value: object, *, field: str = "timestamp") -> float:
+    """Return seconds since the epoch for a float/int, an ISO-8601 string or an aware datetime."""
+    if isinstance(value, bool):
+        raise ValidationError(f"{field} must be a number of seconds, not a bool", field=field)
+    if isinstance(value, (int, float)):
+        ts = float(value)
+    elif isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValidationError(
+                f"{field} {value[:64]!r} is not an ISO-8601 date-time (e.g. 2024-05-01T12:00:00Z)",
+                field=field,
+            ) from None
+        ts = _aware_timestamp(parsed, field, repr(value[:64]))
+    elif isinstance(value, datetime):
+        ts = _aware_timestamp(value, field, value.isoformat())
+    else:
+        raise ValidationError(
+            f"{field} must be seconds since the epoch (float), an ISO-8601 string or an aware "
+            f"datetime, not {type(value).__name__}",
+            field=field,
+        )
+    if not math.isfinite(ts):
+        raise ValidationError(f"{field} must be finite, got {ts}", field=field)
+    if not MIN_TIMESTAMP <= ts < MAX_TIMESTAMP:
+        hint = " (was it in milliseconds?)" if ts >= MAX_TIMESTAMP else ""
+        raise ValidationError(
+            f"{field} {value!r} is outside 1970-01-01..2200-01-01{hint}", field=field
+        )
+    return ts
+
+
+def _aware_timestamp(value: datetime, field: str, shown: str) -> float:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValidationError(
+            f"{field} {shown} has no UTC offset; add one (e.g. 'Z' or '+02:00')", field=field
+        )
+    return value.timestamp()
+
+
+def encode_data(data: object) -> bytes:
+    """Encode ``data`` as canonical JSON (sorted keys, compact); refuse anything JSON can't hold."""
+    try:
+        out = orjson.dumps(data, option=_ORJSON_OPTS)
+    except TypeError as exc:
+        message = str(exc)
+        if "64-bit" in message:
+            return _encode_stdlib(data)
+        if "Recursion" in message:
+            raise ValidationError("data is nested more than 254 levels deep", field="data") from None
+        raise ValidationError(_describe_non_json(data, "data") or message, field="data") from None
+    # orjson writes NaN and infinities as null; null is rare enough to check only then.
+    if b"null" in out and not _all_finite(data):
+        raise ValidationError(
+            f"{_find_non_finite(data, 'data')} is not a finite number (JSON has no NaN/Infinity)",
+            field="data",
+        )
+    return out
+
+
+def _encode_stdlib(data: object) -> bytes:
+    """Integers beyond 64 bits: the standard library encodes them exactly."""
+    try:
+        text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        raise ValidationError(
+            f"{_find_non_finite(data, 'data')} is not a finite number (JSON has no NaN/Infinity)",
+            field="data",
+        ) from None
+    except (TypeError, RecursionError) as exc:
+        raise ValidationError(_describe_non_json(data, "data") or str(exc), field="data") from None
+    return text.encode()
+
+
+def _all_finite(value: object) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_all_finite(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return all(_all_finite(v) for v in value)
+    return True
+
+
+def _find_non_finite(value: object, path: str) -> str:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not _all_finite(item):
+                return _find_non_finite(item, f"{path}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            if not _all_finite(item):
+                return _find_non_finite(item, f"{path}[{i}]")
+    return path
+
+
+def _describe_non_json(value: object, path: str) -> str | None:
+    """Name the first value under ``path`` that JSON cannot hold (only runs on the error path)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f"{path} has a key {key!r} of type {type(key).__name__}; JSON object keys must be str"
+            found = _describe_non_json(item, f"{path}.{key}")
+            if found:
+                return found
+        return None
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            found = _describe_non_json(item, f"{path}[{i}]")
+            if found:
+                return found
+        return None
+    return f"{path} is a {type(value).__name__}, which is not a JSON value (use str, number, bool, None, list or dict)"
+
+
+def _zstd_compressor(level: int) -> zstandard.ZstdCompressor:
+    compressors: dict[int, zstandard.ZstdCompressor] | None = getattr(_local, "compressors", None)
+    if compressors is None:
+        compressors = _local.compressors = {}
+    comp = compressors.get(level)
+    if comp is None:
+        comp = compressors[level] = zstandard.ZstdCompressor(level=level)
+    return comp
+
+
+def _zstd_decompressor() -> zstandard.ZstdDecompressor:
+    dec: zstandard.ZstdDecompressor | None = getattr(_local, "decompressor", None)
+    if dec is None:
+        dec = _local.decompressor = zstandard.ZstdDecompressor()
+    return dec
+
+
+def _check_name(event: Mapping[str, Any], field: str, *, required: bool) -> str | None:
+    value = event.get(field)
+    if value is None:
+        if required:
+            raise ValidationError(f"{field} is required (a non-empty string)", field=field)
+        return None
+    if not isinstance(value, str):
+        raise ValidationError(f"{field} must be a string, not {type(value).__name__}", field=field)
+    if required and not value:
+        raise ValidationError(f"{field} must not be empty", field=field)
+    if len(value) > MAX_NAME_LENGTH:
+        raise ValidationError(
+            f"{field} is {len(value)} characters long; the limit is {MAX_NAME_LENGTH}", field=field
+        )
+    return value
+
+
+def prepare_event(
+    event: Mapping[str, Any], options: EncodingOptions = DEFAULT_OPTIONS, *, now: float | None = None
+) -> Row:
+    """Validate one event dict and return its row; raise :class:`ValidationError` naming the field."""
+    if not isinstance(event, Mapping):
+        raise ValidationError(f"an event must be a dict, not {type(event).__name__}")
+    unknown = event.keys() - EVENT_FIELDS - OUTPUT_ONLY_FIELDS
+    if unknown:
+        raise ValidationError(
+            f"unknown field(s) {', '.join(sorted(map(str, unknown)))}; an event has "
+            f"{', '.join(sorted(EVENT_FIELDS))} (put anything else inside 'data')",
+            field=str(sorted(map(str, unknown))[0]),
+        )
+    event_type = _check_name(event, "event_type", required=True)
+    source = _check_name(event, "source", required=True)
+    action = _check_name(event, "action", required=False)
+    assert event_type is not None and source is not None
+    raw_ts = event.get("timestamp")
+    ts = (time.time() if now is None else now) if raw_ts is None else parse_timestamp(raw_ts)
+    data = event.get("data", {})
+    encoded = encode_data(data)
+    size = len(encoded) + len(event_type) + len(source) + len(action or "")
+    if size > options.max_event_bytes:
+        raise ValidationError(
+            f"event is {size:,} bytes encoded; the limit is {options.max_event_bytes:,} bytes "
+            "(max_event_bytes)",
+            field="data",
+        )
+    key = event.get("idempotency_key")
+    if key is not None:
+        if not isinstance(key, str) or not key or len(key) > MAX_KEY_LENGTH:
+            raise ValidationError(
+                f"idempotency_key must be a non-empty string of at most {MAX_KEY_LENGTH} characters",
+                field="idempotency_key",
+            )
+        digest = xxhash.xxh3_64_hexdigest(b"key\x00" + key.encode())
+    else:
+        head = f"{event_type}\x00{source}\x00{action if action is not None else chr(1)}\x00{ts!r}\x00"
+        digest = xxhash.xxh3_64_hexdigest(head.encode() + encoded)
+    if len(encoded) > options.compression_threshold:
+        packed = _zstd_compressor(options.compression_level).compress(encoded)
+        if len(packed) < len(encoded):
+            return Row(ts, event_type, action, source, None, packed, digest)
+    return Row(ts, event_type, action, source, encoded.decode(), None, digest)
+
+
+def prepare_batch(
+    events: Iterable[Mapping[str, Any]], options: EncodingOptions = DEFAULT_OPTIONS
+) -> list[Row]:
+    """Prepare every event or none: a bad one raises :class:`ValidationError` with its index."""
+    if isinstance(events, (Mapping, str, bytes)):
+        raise ValidationError("a batch must be a list of event dicts, not a single " + type(events).__name__)
+    now = time.time()
+    rows = []
+    for index, event in enumerate(events):
+        try:
+            rows.append(prepare_event(event, options, now=now))
+        except ValidationError as exc:
+            raise ValidationError(str(exc), field=exc.field, index=index) from None
+    return rows
+
+
+def compress_gzip(data: bytes) -> bytes:
+    """Compress as the seed did (gzip); kept so tests and imports can write seed-style rows."""
+    return gzip.compress(data)
+
+
+def decode_data(data_json: str | None, data_compressed: bytes | None) -> Any:
+    """Decode a stored event's data, whichever codec (none, zstd, gzip) wrote it."""
+    if data_compressed is not None:
+        head = bytes(data_compressed[:4])
+        if head == _ZSTD_MAGIC:
+            raw = _zstd_decompressor().decompress(data_compressed)
+        elif head[:2] == _GZIP_MAGIC:
+            raw = gzip.decompress(data_compressed)
+        else:
+            raise ValueError(f"compressed data starts with {head.hex()}: neither zstd nor gzip")
+        return msgspec.json.decode(raw)
+    if data_json is None:
+        return None
+    return msgspec.json.decode(data_json)
+
+
+def data_text(data_json: str | None, data_compressed: bytes | None) -> str:
+    """The JSON text of a stored event's data (decompressing when needed)."""
+    if data_compressed is None:
+        return data_json or ""
+    head = bytes(data_compressed[:4])
+    if head == _ZSTD_MAGIC:
+        return _zstd_decompressor().decompress(data_compressed).decode()
+    return gzip.decompress(data_compressed).decode()

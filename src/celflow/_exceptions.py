@@ -1,0 +1,96 @@
+"""CelFlow's exceptions: one root, a short tree, and messages that say what to do.
+
+Tree::
+
+    CelflowError
+    ├── ConfigError              a configuration key or value is wrong
+    ├── ValidationError          an event (or a batch) is malformed; nothing of the call was kept
+    ├── QueueFullError           the manager's queue is full and the overflow policy said raise
+    ├── ManagerStateError        the manager was used before start() or after stop()
+    ├── ExportError              an export could not be written (file exists, no such folder)
+    └── PersistenceError         anything the storage layer reports (PEP 249 style)
+        ├── DatabaseNotFoundError    no database at the path (read-only opens never create one)
+        ├── NotACelflowDatabaseError the file is not SQLite, or not CelFlow's; it was not modified
+        ├── SchemaVersionError       the file was written by a newer CelFlow
+        ├── WriterBusyError          another process is already writing this database
+        ├── DatabaseClosedError      the EventDatabase was used after close()
+        └── OperationalError         the database engine failed (I/O, disk full, locked too long)
+
+Driver errors are translated in one place (:func:`celflow._sqlite.translate`).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CelflowError",
+    "ConfigError",
+    "DatabaseClosedError",
+    "DatabaseNotFoundError",
+    "ExportError",
+    "ManagerStateError",
+    "NotACelflowDatabaseError",
+    "OperationalError",
+    "PersistenceError",
+    "QueueFullError",
+    "SchemaVersionError",
+    "ValidationError",
+    "WriterBusyError",
+]
+
+
+class CelflowError(Exception):
+    """Root of every error CelFlow raises on purpose."""
+
+
+class ConfigError(CelflowError, ValueError):
+    """A configuration key is unknown or its value is out of range."""
+
+
+class ValidationError(CelflowError, ValueError):
+    """An event is malformed; ``index`` and ``field`` say where, when known."""
+
+    def __init__(self, message: str, *, field: str | None = None, index: int | None = None) -> None:
+        self.field = field
+        self.index = index
+        prefix = f"event {index}: " if index is not None else ""
+        super().__init__(prefix + message)
+
+
+class QueueFullError(CelflowError):
+    """The write queue is at ``max_queue_size`` and the overflow policy is ``raise``/timed out."""
+
+
+class ManagerStateError(CelflowError, RuntimeError):
+    """The persistence manager is not running (call ``await start()`` first)."""
+
+
+class ExportError(CelflowError):
+    """An export could not be written; the target file was not touched."""
+
+
+class PersistenceError(CelflowError):
+    """Something the storage layer reports."""
+
+
+class DatabaseNotFoundError(PersistenceError, FileNotFoundError):
+    """There is no database at the given path."""
+
+
+class NotACelflowDatabaseError(PersistenceError):
+    """The file is not an SQLite database written by CelFlow; it was left untouched."""
+
+
+class SchemaVersionError(PersistenceError):
+    """The database's schema is newer than this CelFlow understands."""
+
+
+class WriterBusyError(PersistenceError):
+    """Another process holds the database's writer lock."""
+
+
+class DatabaseClosedError(PersistenceError):
+    """The database object was used after ``close()``."""
+
+
+class OperationalError(PersistenceError):
+    """The database engine failed (I/O error, disk full, busy for too long)."""

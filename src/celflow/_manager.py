@@ -1,0 +1,298 @@
+"""``EventPersistenceManager``: the seed's asynchronous API over the batching writer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import os
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from types import TracebackType
+from typing import Any
+
+from ._config import Config, PersistenceConfig, parse_config
+from ._database import EventDatabase
+from ._encoding import EncodingOptions, prepare_batch, prepare_event
+from ._exceptions import ManagerStateError
+from ._types import EventQuery
+from ._writer import BatchWriter
+
+__all__ = ["EventPersistenceManager", "ManagerState", "create_event_persistence"]
+
+log = logging.getLogger("celflow.manager")
+
+_RETENTION_CHUNK = 5_000
+_VACUUM_STEP_PAGES = 2_000
+
+
+class ManagerState(enum.Enum):
+    """Where a manager is in its life: it starts once and stops once."""
+
+    UNSTARTED = "unstarted"
+    RUNNING = "running"
+    STOPPED = "stopped"
+
+
+class EventPersistenceManager:
+    """Queues events from any thread or the event loop and stores them in batches.
+
+    ``queue_event`` validates at the call and returns at once; a background thread commits
+    batches of ``batch_size`` events, or whatever is waiting after ``batch_timeout`` seconds.
+    ``await flush()`` and ``await store_events()`` wait for the commit.
+    """
+
+    def __init__(self, config: Mapping[str, Any] | Config | PersistenceConfig | None = None) -> None:
+        self.config: Config = parse_config(config)
+        settings = self.config.persistence
+        self.settings: PersistenceConfig = settings
+        self.options = EncodingOptions(settings.compression_threshold, settings.max_event_bytes)
+        self.state = ManagerState.UNSTARTED
+        self.database: EventDatabase | None = None
+        self._writer: BatchWriter | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._started_at = 0.0
+        self._events_at_start = 0
+        self._removed = 0
+        self._last_cleanup: float | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the database (taking the writer lock) and start the writer and maintenance."""
+        if self.state is not ManagerState.UNSTARTED:
+            raise ManagerStateError(f"the manager is {self.state.value}; a manager starts only once")
+        settings = self.settings
+        database = await asyncio.to_thread(
+            EventDatabase,
+            settings.database_path,
+            durability=settings.durability,
+            compression_threshold=settings.compression_threshold,
+            max_event_bytes=settings.max_event_bytes,
+        )
+        try:
+            database.store.acquire_writer()
+            self._events_at_start = await asyncio.to_thread(database.store.count_events, EventQuery(limit=None))
+        except BaseException:
+            database.close()
+            raise
+        self.database = database
+        self._writer = BatchWriter(
+            database.store,
+            batch_size=settings.batch_size,
+            batch_timeout=settings.batch_timeout,
+            max_queue_size=settings.max_queue_size,
+            overflow=settings.overflow,
+            queue_timeout=settings.queue_timeout,
+        )
+        self._writer.start()
+        self._started_at = time.time()
+        self.state = ManagerState.RUNNING
+        self._tasks.append(asyncio.create_task(self._maintenance_loop(), name="celflow-maintenance"))
+        if settings.stats_interval > 0:
+            self._tasks.append(asyncio.create_task(self._stats_loop(), name="celflow-system-stats"))
+        log.info("storing events in %s (%d already there)", settings.database_path, self._events_at_start)
+
+    async def stop(self) -> None:
+        """Commit everything queued, then close; nothing accepted is lost on a graceful stop."""
+        if self.state is not ManagerState.RUNNING:
+            self.state = ManagerState.STOPPED
+            return
+        self.state = ManagerState.STOPPED
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        writer, database = self._writer, self.database
+        assert writer is not None and database is not None
+        await asyncio.to_thread(writer.stop)
+        database.close()
+        log.info("stopped: %d events stored, %d duplicates, %d dropped", writer.stored, writer.duplicates, writer.dropped)
+
+    async def __aenter__(self) -> EventPersistenceManager:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    def _running_writer(self) -> BatchWriter:
+        if self.state is not ManagerState.RUNNING or self._writer is None:
+            hint = "call `await start()` first" if self.state is ManagerState.UNSTARTED else "it was stopped"
+            raise ManagerStateError(f"the persistence manager is not running ({hint})")
+        return self._writer
+
+    # -- events in -----------------------------------------------------------------------------
+
+    def queue_event(self, event: Mapping[str, Any]) -> bool:
+        """Validate and queue one event; ``False`` if the overflow policy dropped it.
+
+        Raises ``ValidationError`` for a bad event (nothing is queued) and ``QueueFullError``
+        when the queue stays full (overflow ``raise``, or ``block`` past ``queue_timeout``).
+        """
+        writer = self._running_writer()
+        row = prepare_event(event, self.options)
+        before = writer.dropped
+        writer.submit([row])
+        return writer.dropped == before
+
+    def queue_events_batch(self, events: Iterable[Mapping[str, Any]]) -> bool:
+        """Validate and queue events, all or none (a bad one raises naming its index)."""
+        writer = self._running_writer()
+        rows = prepare_batch(events, self.options)
+        before = writer.dropped
+        writer.submit(rows)
+        return writer.dropped == before
+
+    async def flush(self) -> None:
+        """Return once everything queued before this call is committed."""
+        await asyncio.wrap_future(self._running_writer().flush())
+
+    async def store_events(self, events: Iterable[Mapping[str, Any]]) -> list[int]:
+        """Queue events and return their ids once committed (duplicates get the stored id)."""
+        writer = self._running_writer()
+        ack = writer.submit(prepare_batch(events, self.options), wait=True)
+        if ack is None:
+            return []
+        return await asyncio.wrap_future(ack.future)
+
+    async def store_event(self, event: Mapping[str, Any]) -> int:
+        """Queue one event and return its id once committed."""
+        ids = await self.store_events([event])
+        if not ids:
+            raise ManagerStateError("the event was dropped by the overflow policy (queue full)")
+        return ids[0]
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def get_events(self, **kwargs: Any) -> list[dict[str, Any]]:
+        """The arguments of :meth:`EventDatabase.get_events`; reads committed events."""
+        return self._open_database().get_events(**kwargs)
+
+    def _open_database(self) -> EventDatabase:
+        if self.database is None or self.state is not ManagerState.RUNNING:
+            raise ManagerStateError("the persistence manager is not running")
+        return self.database
+
+    def get_stats(self) -> dict[str, Any]:
+        """Counters of this run and the database's size (cheap: no table scan)."""
+        writer = self._writer
+        path = self.settings.database_path
+        main_bytes = os.path.getsize(path) if os.path.exists(path) else 0
+        wal_bytes = os.path.getsize(path + "-wal") if os.path.exists(path + "-wal") else 0
+        uptime = time.time() - self._started_at if self._started_at else 0.0
+        stored = writer.stored if writer else 0
+        batches = writer.batches if writer else 0
+        return {
+            "state": self.state.value,
+            "healthy": bool(writer and writer.healthy) and self.state is ManagerState.RUNNING,
+            "total_stored": stored,
+            "duplicates": writer.duplicates if writer else 0,
+            "dropped": writer.dropped if writer else 0,
+            "queue_size": writer.queue_size if writer else 0,
+            "max_queue_size": self.settings.max_queue_size,
+            "batches": batches,
+            "errors": writer.errors if writer else 0,
+            "last_error": writer.last_error if writer else None,
+            "last_flush": writer.last_flush if writer else None,
+            "avg_batch_ms": round(1000 * writer.total_batch_seconds / batches, 3) if writer and batches else 0.0,
+            "last_batch_ms": round(1000 * writer.last_batch_seconds, 3) if writer else 0.0,
+            "events_per_second": round(writer.rate(), 1) if writer else 0.0,
+            "avg_events_per_second": round(stored / uptime, 1) if uptime > 0 else 0.0,
+            "uptime_seconds": round(uptime, 3),
+            "removed_by_retention": self._removed,
+            "last_cleanup": self._last_cleanup,
+            "database_stats": {
+                "database_path": path,
+                "total_events": self._events_at_start + stored - self._removed,
+                "database_size_mb": round((main_bytes + wal_bytes) / 1_048_576, 3),
+                "wal_size_mb": round(wal_bytes / 1_048_576, 3),
+            },
+        }
+
+    # -- maintenance ---------------------------------------------------------------------------
+
+    async def run_maintenance(self) -> int:
+        """Apply retention and reclaim space now; return how many events were removed."""
+        writer = self._running_writer()
+        days = self.settings.retention_days
+        cutoff = time.time() - days * 86400 if days > 0 else None
+        removed: int = await asyncio.wrap_future(writer.run_task(lambda: self._maintenance_steps(cutoff)))
+        self._removed += removed
+        self._last_cleanup = time.time()
+        if removed:
+            log.info("retention removed %d events older than %g days", removed, days)
+        return removed
+
+    def _maintenance_steps(self, cutoff: float | None) -> Iterator[None]:
+        """Runs on the writer thread, one short step per ``next()``; returns the count removed."""
+        assert self.database is not None
+        store = self.database.store
+        removed = 0
+        while cutoff is not None:
+            n = store.delete_before(cutoff, limit=_RETENTION_CHUNK)
+            removed += n
+            if n < _RETENTION_CHUNK:
+                break
+            yield
+        free = store.maintain(vacuum_pages=_VACUUM_STEP_PAGES)
+        while free > 0:
+            yield
+            left = store.maintain(vacuum_pages=_VACUUM_STEP_PAGES)
+            if left >= free:  # nothing more to reclaim (e.g. a file without incremental vacuum)
+                break
+            free = left
+        return removed
+
+    async def _maintenance_loop(self) -> None:
+        interval = self.settings.cleanup_interval_hours * 3600
+        while True:
+            try:
+                await self.run_maintenance()
+            except ManagerStateError:
+                return
+            except Exception:  # noqa: BLE001 - maintenance failing must not stop ingest; it retries next time
+                log.exception("maintenance failed")
+            await asyncio.sleep(interval)
+
+    async def _stats_loop(self) -> None:
+        interval = self.settings.stats_interval
+        last_stored, last_time = 0, time.monotonic()
+        while True:
+            await asyncio.sleep(interval)
+            writer = self._running_writer()
+            now = time.monotonic()
+            stats = self.get_stats()
+            values = {
+                "timestamp": time.time(),
+                "total_events": stats["database_stats"]["total_events"],
+                "events_per_second": (writer.stored - last_stored) / max(now - last_time, 1e-9),
+                "active_embryos": None,
+                "avg_fitness": None,
+                "storage_mb": stats["database_stats"]["database_size_mb"],
+            }
+            last_stored, last_time = writer.stored, now
+            store = self.database.store if self.database else None
+            if store is None:
+                return
+
+            def snapshot(values: dict[str, Any] = values) -> Iterator[None]:
+                assert store is not None
+                store.insert_system_stats(values)
+                yield from ()
+
+            try:
+                await asyncio.wrap_future(writer.run_task(snapshot))
+            except Exception:  # noqa: BLE001 - a missed snapshot is logged, the next one follows
+                log.exception("recording system stats failed")
+
+
+def create_event_persistence(
+    config: Mapping[str, Any] | Config | PersistenceConfig | None = None,
+) -> EventPersistenceManager:
+    """Build a manager from the seed's config dict (whole, or just its ``persistence`` part)."""
+    return EventPersistenceManager(config)

@@ -1,0 +1,94 @@
+"""The headless service behind ``celflow run``: the manager, the capture sources, signals, logs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import logging.handlers
+import os
+import signal
+from typing import Any
+
+from ._config import Config, LoggingConfig
+from ._files import ensure_private_dir
+from ._manager import EventPersistenceManager
+from .capture.filesystem import FileSystemCapture
+from .capture.processes import ProcessCapture
+
+__all__ = ["PrivateRotatingFileHandler", "run_service", "serve", "setup_logging"]
+
+log = logging.getLogger("celflow")
+
+
+class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
+    """A rotating log whose files are created 0600 whatever the umask."""
+
+    def _open(self) -> Any:
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        os.fchmod(fd, 0o600)
+        return open(fd, self.mode, encoding=self.encoding, errors=self.errors)  # noqa: SIM115 - the handler owns it
+
+
+def setup_logging(settings: LoggingConfig, data_dir: str) -> None:
+    """Log to the console and, unless ``file`` is empty, to a rotating file in the data folder."""
+    root = logging.getLogger("celflow")
+    root.setLevel(settings.level)
+    root.handlers.clear()
+    console = logging.StreamHandler()
+    console.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    root.addHandler(console)
+    if settings.file:
+        ensure_private_dir(data_dir)
+        handler = PrivateRotatingFileHandler(
+            os.path.join(data_dir, settings.file), maxBytes=settings.max_bytes, backupCount=settings.backups
+        )
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+
+
+async def serve(config: Config, stop: asyncio.Event | None = None, *, status_interval: float = 60.0) -> None:
+    """Run the manager and the capture sources until ``stop`` is set or SIGINT/SIGTERM arrives."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # not the main thread: the caller sets stop
+            pass
+    manager = EventPersistenceManager(config)
+    await manager.start()
+    data_dir = os.path.dirname(os.path.abspath(config.persistence.database_path))
+    sources: list[FileSystemCapture | ProcessCapture] = []
+    try:
+        capture = config.capture
+        if capture.filesystem:
+            fs = FileSystemCapture(manager.queue_event, capture.paths, exclude=[data_dir], ignore_hidden=capture.ignore_hidden)
+            fs.start()
+            sources.append(fs)
+        if capture.processes:
+            procs = ProcessCapture(manager.queue_event, interval=capture.process_interval, cmdline=capture.process_cmdline)
+            procs.start()
+            sources.append(procs)
+        log.info("CelFlow is running; stop with Ctrl-C (SIGINT) or SIGTERM")
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=status_interval)
+            except TimeoutError:
+                stats = manager.get_stats()
+                log.info(
+                    "%d events stored this run (%.1f/s now), %d in the database, queue %d, dropped %d",
+                    stats["total_stored"], stats["events_per_second"], stats["database_stats"]["total_events"],
+                    stats["queue_size"], stats["dropped"],
+                )
+    finally:
+        log.info("stopping: flushing queued events")
+        for source in sources:
+            source.stop()
+        await manager.stop()
+        log.info("stopped cleanly")
+
+
+def run_service(config: Config) -> None:
+    """``celflow run``: set up logging and serve until a signal; returns after a clean stop."""
+    setup_logging(config.logging, os.path.dirname(os.path.abspath(config.persistence.database_path)))
+    asyncio.run(serve(config))

@@ -1,0 +1,484 @@
+"""The SQLite backend of the storage contract: WAL, thread-local connections, one writer process."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal
+
+import msgspec
+import orjson
+
+from . import _schema
+from ._encoding import Row, data_text, decode_data
+from ._exceptions import (
+    DatabaseClosedError,
+    DatabaseNotFoundError,
+    NotACelflowDatabaseError,
+    OperationalError,
+    PersistenceError,
+    SchemaVersionError,
+    ValidationError,
+)
+from ._files import ensure_private_dir
+from ._lock import WriterLock
+from ._types import EventQuery, InsertResult, Pattern, StoredEvent, SystemStats
+
+__all__ = ["SQLiteStore", "translate"]
+
+Durability = Literal["normal", "full"]
+
+MMAP_SIZE = 256 * 1024 * 1024  # the seed's 256 MB memory map
+BUSY_TIMEOUT_MS = 30_000
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+_INSERT = (
+    "INSERT OR IGNORE INTO events (timestamp, event_type, action, source, data_json, "
+    "data_compressed, hash) VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_EVENT_COLUMNS = (
+    "id, timestamp, event_type, action, source, data_json, data_compressed, hash, processed, created_at"
+)
+_GROUP_COLUMNS = {"event_type": "event_type", "source": "source", "action": "action"}
+
+
+def translate(exc: sqlite3.Error, path: str) -> PersistenceError:
+    """Turn a driver error into CelFlow's tree (the one place where that happens)."""
+    message = f"{exc} (database {path})"
+    if isinstance(exc, sqlite3.OperationalError):
+        if "disk is full" in str(exc) or "database or disk is full" in str(exc):
+            message += ": free some disk space; nothing of the failed batch was written"
+        return OperationalError(message)
+    if isinstance(exc, sqlite3.DatabaseError) and "not a database" in str(exc):
+        return NotACelflowDatabaseError(message)
+    return PersistenceError(message)
+
+
+def _search_udf(data_compressed: bytes | None, needle: str) -> bool:
+    if data_compressed is None:
+        return False
+    return needle in data_text(None, data_compressed).lower()
+
+
+def _like_pattern(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def encode_cursor(timestamp: float, event_id: int) -> str:
+    """An opaque page cursor: the last row's (timestamp, id)."""
+    return f"{timestamp!r}:{event_id}"
+
+
+def decode_cursor(cursor: str) -> tuple[float, int]:
+    """Parse a cursor made by :func:`encode_cursor`."""
+    try:
+        ts_text, id_text = cursor.rsplit(":", 1)
+        ts, event_id = float(ts_text), int(id_text)
+    except (ValueError, AttributeError):
+        raise ValidationError(
+            f"cursor {str(cursor)[:40]!r} is not a cursor returned by a previous page", field="cursor"
+        ) from None
+    if not math.isfinite(ts):
+        raise ValidationError(f"cursor {cursor[:40]!r} has no finite timestamp", field="cursor")
+    return ts, event_id
+
+
+def _row_to_event(row: Sequence[Any]) -> StoredEvent:
+    return StoredEvent(
+        id=row[0],
+        timestamp=row[1],
+        event_type=row[2],
+        action=row[3],
+        source=row[4],
+        data=decode_data(row[5], row[6]),
+        hash=row[7],
+        processed=bool(row[8]),
+        created_at=row[9],
+    )
+
+
+def _inspect_existing(path: str) -> None:
+    """Refuse, without writing anything, a file that is not SQLite."""
+    with open(path, "rb") as f:
+        header = f.read(len(_SQLITE_HEADER))
+    if header and header != _SQLITE_HEADER:
+        raise NotACelflowDatabaseError(
+            f"{path} is not an SQLite database (its first bytes are {header[:8]!r}); "
+            "it was not modified. Pass the path of a CelFlow database, or a new path."
+        )
+
+
+def _create_private(path: str) -> None:
+    ensure_private_dir(os.path.dirname(os.path.abspath(path)))
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    os.fchmod(fd, 0o600)
+    os.close(fd)
+
+
+class SQLiteStore:
+    """Events, patterns and system stats in one SQLite file (see :mod:`celflow._schema`)."""
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, readonly: bool = False, durability: Durability = "normal"
+    ) -> None:
+        self.path = os.fspath(path)
+        self.readonly = readonly
+        self.durability = durability
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []
+        self._conns_lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._writer_lock = WriterLock(self.path)
+        self._closed = False
+        self._open()
+
+    # -- opening -------------------------------------------------------------------------------
+
+    def _open(self) -> None:
+        exists = os.path.exists(self.path)
+        if exists and os.path.isdir(self.path):
+            raise NotACelflowDatabaseError(f"{self.path} is a folder; give the path of a database file")
+        if not exists:
+            if self.readonly:
+                raise DatabaseNotFoundError(
+                    f"no CelFlow database at {self.path}: start `celflow run` to create one, "
+                    "or pass --db with the path of an existing database"
+                )
+            _create_private(self.path)
+        else:
+            _inspect_existing(self.path)
+        conn = self._connection()
+        try:
+            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            raise NotACelflowDatabaseError(
+                f"{self.path} cannot be read as an SQLite database ({exc}); it was not modified"
+            ) from None
+        if app_id != _schema.APPLICATION_ID and tables:
+            raise NotACelflowDatabaseError(
+                f"{self.path} is an SQLite database but not a CelFlow one (application_id "
+                f"{app_id:#x}); it was not modified. Use a new path for CelFlow's events."
+            )
+        if version > _schema.SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"{self.path} was written by a newer CelFlow (schema version {version}; this "
+                f"version understands up to {_schema.SCHEMA_VERSION}). Upgrade CelFlow to open it."
+            )
+        if version < _schema.SCHEMA_VERSION:
+            if self.readonly:
+                raise SchemaVersionError(
+                    f"{self.path} has schema version {version} and needs a migration to "
+                    f"{_schema.SCHEMA_VERSION}; open it once for writing (e.g. `celflow run`)."
+                )
+            self._writer_lock.acquire()
+            with self._translate():
+                if tables == 0:
+                    conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+                    conn.execute("PRAGMA journal_mode = WAL")
+                with self._write_lock:
+                    _schema.migrate(conn, version)
+
+    def _connection(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None:
+            return conn
+        if self._closed:
+            raise DatabaseClosedError(f"the database {self.path} is closed")
+        try:
+            conn = sqlite3.connect(
+                f"file:{self.path}?mode=rw",
+                uri=True,
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=BUSY_TIMEOUT_MS / 1000,
+            )
+        except sqlite3.Error as exc:
+            raise translate(exc, self.path) from None
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA synchronous = " + ("FULL" if self.durability == "full" else "NORMAL"))
+            conn.execute(f"PRAGMA mmap_size = {MMAP_SIZE}")
+            conn.execute("PRAGMA cache_size = -16384")
+            conn.execute("PRAGMA temp_store = MEMORY")
+            if self.readonly:
+                conn.execute("PRAGMA query_only = 1")
+        except sqlite3.DatabaseError:
+            conn.close()
+            raise NotACelflowDatabaseError(
+                f"{self.path} cannot be read as an SQLite database; it was not modified"
+            ) from None
+        conn.create_function("celflow_search", 2, _search_udf, deterministic=True)
+        self._local.conn = conn
+        with self._conns_lock:
+            self._conns.append(conn)
+        return conn
+
+    @contextlib.contextmanager
+    def _translate(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise translate(exc, self.path) from exc
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction (``BEGIN IMMEDIATE``) on this thread's connection."""
+        if self.readonly:
+            raise PersistenceError(f"{self.path} was opened read-only")
+        conn = self._connection()
+        self._writer_lock.acquire()
+        with self._write_lock, self._translate():
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        conn = self._connection()
+        with self._translate():
+            return conn.execute(sql, params).fetchall()
+
+    # -- the storage contract ------------------------------------------------------------------
+
+    def acquire_writer(self) -> None:
+        """Take the writer lock now (a manager does, so a second writer fails at start)."""
+        self._writer_lock.acquire()
+
+    def insert_events(self, rows: Sequence[Row], *, want_ids: bool = True) -> InsertResult:
+        """Insert prepared rows in one transaction; duplicates are ignored and counted."""
+        if not rows:
+            return InsertResult([] if want_ids else None, 0, 0)
+        with self.transaction() as conn:
+            before = conn.total_changes
+            conn.executemany(_INSERT, rows)
+            inserted = conn.total_changes - before
+            ids = self._resolve_ids(conn, rows, inserted) if want_ids else None
+        return InsertResult(ids, inserted, len(rows) - inserted)
+
+    @staticmethod
+    def _resolve_ids(conn: sqlite3.Connection, rows: Sequence[Row], inserted: int) -> list[int]:
+        # Inside our transaction AUTOINCREMENT hands out consecutive ids in input order.
+        last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+        if inserted == len(rows):
+            return list(range(last - inserted + 1, last + 1))
+        by_key: dict[tuple[float, str], int] = {}
+        if inserted:
+            for event_id, ts, digest in conn.execute(
+                "SELECT id, timestamp, hash FROM events WHERE id > ?", (last - inserted,)
+            ):
+                by_key[(ts, digest)] = event_id
+        ids = []
+        for row in rows:
+            key = (row.timestamp, row.hash)
+            event_id = by_key.get(key)
+            if event_id is None:
+                event_id = conn.execute(
+                    "SELECT id FROM events WHERE timestamp = ? AND hash = ?", key
+                ).fetchone()[0]
+                by_key[key] = event_id
+            ids.append(event_id)
+        return ids
+
+    def _where(self, query: EventQuery) -> tuple[str, list[Any]]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        if query.start_time is not None:
+            clauses.append("timestamp >= ?")
+            params.append(query.start_time)
+        if query.end_time is not None:
+            clauses.append("timestamp < ?")
+            params.append(query.end_time)
+        for column in ("event_type", "source", "action"):
+            value = getattr(query, column)
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if query.search:
+            like = _like_pattern(query.search)
+            clauses.append(
+                "(event_type LIKE ? ESCAPE '\\' OR source LIKE ? ESCAPE '\\' OR action LIKE ? "
+                "ESCAPE '\\' OR data_json LIKE ? ESCAPE '\\' OR celflow_search(data_compressed, ?))"
+            )
+            params.extend([like, like, like, like, query.search.lower()])
+        if query.cursor is not None:
+            ts, event_id = decode_cursor(query.cursor)
+            op = "<" if query.order == "desc" else ">"
+            clauses.append(f"timestamp {op}= ? AND (timestamp {op} ? OR id {op} ?)")
+            params.extend([ts, ts, event_id])
+        return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+    def select_events(self, query: EventQuery) -> tuple[list[StoredEvent], str | None]:
+        """Events matching ``query`` in time order, and the cursor of the next page (or None)."""
+        where, params = self._where(query)
+        direction = "DESC" if query.order == "desc" else "ASC"
+        sql = f"SELECT {_EVENT_COLUMNS} FROM events{where} ORDER BY timestamp {direction}, id {direction}"
+        if query.limit is not None:
+            sql += " LIMIT ?"
+            params.append(query.limit)
+        events = [_row_to_event(r) for r in self._read(sql, params)]
+        cursor = None
+        if query.limit is not None and events and len(events) == query.limit:
+            cursor = encode_cursor(events[-1].timestamp, events[-1].id)
+        return events, cursor
+
+    def count_events(self, query: EventQuery) -> int:
+        """How many events match ``query`` (its order, limit and cursor are ignored)."""
+        where, params = self._where(msgspec.structs.replace(query, cursor=None))
+        return int(self._read(f"SELECT count(*) FROM events{where}", params)[0][0])
+
+    def count_by(self, field: str, query: EventQuery) -> dict[str, int]:
+        """Counts of matching events per ``event_type``, ``source`` or ``action``, largest first."""
+        column = _GROUP_COLUMNS.get(field)
+        if column is None:
+            raise ValidationError(f"cannot group by {field!r}; use one of {', '.join(_GROUP_COLUMNS)}")
+        where, params = self._where(msgspec.structs.replace(query, cursor=None))
+        rows = self._read(
+            f"SELECT {column}, count(*) AS n FROM events{where} GROUP BY {column} ORDER BY n DESC", params
+        )
+        return {(key if key is not None else ""): n for key, n in rows}
+
+    def delete_before(self, cutoff: float, *, limit: int | None = None) -> int:
+        """Delete events older than ``cutoff`` (at most ``limit`` of the oldest); return how many."""
+        with self.transaction() as conn:
+            if limit is None:
+                cur = conn.execute("DELETE FROM events WHERE timestamp < ?", (cutoff,))
+            else:
+                cur = conn.execute(
+                    "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE timestamp < ? "
+                    "ORDER BY timestamp LIMIT ?)",
+                    (cutoff, limit),
+                )
+            return cur.rowcount
+
+    def maintain(self, *, vacuum_pages: int = 2000) -> int:
+        """Reclaim up to ``vacuum_pages`` free pages, refresh statistics, checkpoint the WAL.
+
+        Returns the number of free pages left (call again while it is above zero).
+        """
+        conn = self._connection()
+        self._writer_lock.acquire()
+        with self._write_lock, self._translate():
+            conn.execute(f"PRAGMA incremental_vacuum({int(vacuum_pages)})").fetchall()
+            conn.execute("PRAGMA optimize")
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            return int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+
+    def stats(self) -> dict[str, Any]:
+        """Sizes and counts of the database (the seed's ``get_database_stats``)."""
+        total, oldest, newest, compressed = self._read(
+            "SELECT count(*), min(timestamp), max(timestamp), count(data_compressed) FROM events"
+        )[0]
+        page_size = self._read("PRAGMA page_size")[0][0]
+        page_count = self._read("PRAGMA page_count")[0][0]
+        freelist = self._read("PRAGMA freelist_count")[0][0]
+        main_bytes = os.path.getsize(self.path)
+        wal_bytes = os.path.getsize(self.path + "-wal") if os.path.exists(self.path + "-wal") else 0
+        return {
+            "database_path": self.path,
+            "schema_version": _schema.SCHEMA_VERSION,
+            "total_events": total,
+            "oldest_event": oldest,
+            "newest_event": newest,
+            "compressed_events": compressed,
+            "events_by_type": self.count_by("event_type", EventQuery()),
+            "events_by_source": self.count_by("source", EventQuery()),
+            "total_patterns": self._read("SELECT count(*) FROM patterns")[0][0],
+            "total_system_stats": self._read("SELECT count(*) FROM system_stats")[0][0],
+            "database_size_mb": round((main_bytes + wal_bytes) / 1_048_576, 3),
+            "file_size_mb": round(main_bytes / 1_048_576, 3),
+            "wal_size_mb": round(wal_bytes / 1_048_576, 3),
+            "page_size": page_size,
+            "page_count": page_count,
+            "free_pages": freelist,
+        }
+
+    # -- patterns and system stats -------------------------------------------------------------
+
+    def insert_pattern(
+        self, pattern_type: str, confidence: float, pattern_data: Any, *, event_id: int | None, embryo_id: str | None
+    ) -> int:
+        """Store a pattern found by the host AI; return its id."""
+        text = orjson.dumps(pattern_data, option=orjson.OPT_SORT_KEYS).decode()
+        with self.transaction() as conn:
+            cur = conn.execute(
+                "INSERT INTO patterns (event_id, pattern_type, confidence, pattern_data, embryo_id) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (event_id, pattern_type, confidence, text, embryo_id),
+            )
+            return int(cur.lastrowid or 0)
+
+    def select_patterns(
+        self,
+        *,
+        pattern_type: str | None = None,
+        event_id: int | None = None,
+        embryo_id: str | None = None,
+        min_confidence: float | None = None,
+        limit: int = 100,
+    ) -> list[Pattern]:
+        """Patterns matching every given filter, newest first."""
+        clauses, params = [], []
+        for column, value in (("pattern_type", pattern_type), ("event_id", event_id), ("embryo_id", embryo_id)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if min_confidence is not None:
+            clauses.append("confidence >= ?")
+            params.append(min_confidence)
+        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+        rows = self._read(
+            "SELECT id, event_id, pattern_type, confidence, pattern_data, embryo_id, created_at "
+            f"FROM patterns{where} ORDER BY id DESC LIMIT ?",
+            [*params, limit],
+        )
+        return [Pattern(r[0], r[1], r[2], r[3], msgspec.json.decode(r[4]), r[5], r[6]) for r in rows]
+
+    def insert_system_stats(self, values: dict[str, Any]) -> int:
+        """Record a system stats snapshot; return its id."""
+        with self.transaction() as conn:
+            cur = conn.execute(
+                "INSERT INTO system_stats (timestamp, total_events, events_per_second, active_embryos, "
+                "avg_fitness, storage_mb) VALUES (:timestamp, :total_events, :events_per_second, "
+                ":active_embryos, :avg_fitness, :storage_mb)",
+                values,
+            )
+            return int(cur.lastrowid or 0)
+
+    def select_system_stats(
+        self, *, start_time: float | None = None, end_time: float | None = None, limit: int = 100
+    ) -> list[SystemStats]:
+        """System stats snapshots in a time range, newest first."""
+        rows = self._read(
+            "SELECT id, timestamp, total_events, events_per_second, active_embryos, avg_fitness, "
+            "storage_mb, created_at FROM system_stats WHERE timestamp >= ? AND timestamp < ? "
+            "ORDER BY timestamp DESC, id DESC LIMIT ?",
+            [start_time if start_time is not None else -math.inf, end_time if end_time is not None else math.inf, limit],
+        )
+        return [SystemStats(*r) for r in rows]
+
+    def close(self) -> None:
+        """Close every connection and release the writer lock; later use raises."""
+        with self._conns_lock:
+            self._closed = True
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+        self._local = threading.local()
+        self._writer_lock.release()
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed

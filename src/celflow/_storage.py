@@ -1,0 +1,86 @@
+"""The storage contract: what every backend (SQLite today) provides to the layers above.
+
+Nothing above this line of code writes SQL. A backend module implements :class:`EventStore`
+and the contract tests in ``tests/test_store_contract.py`` run against each one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any, Literal, Protocol
+
+from ._encoding import Row
+from ._types import EventQuery, InsertResult, Pattern, StoredEvent, SystemStats
+
+__all__ = ["EventStore", "open_store"]
+
+
+class EventStore(Protocol):
+    """A place to keep events, patterns and system stats."""
+
+    path: str
+    readonly: bool
+
+    def acquire_writer(self) -> None:
+        """Become this database's writer, or raise ``WriterBusyError``."""
+
+    def insert_events(self, rows: Sequence[Row], *, want_ids: bool = True) -> InsertResult:
+        """Append a batch atomically; duplicates are ignored and counted."""
+
+    def select_events(self, query: EventQuery) -> tuple[list[StoredEvent], str | None]:
+        """A page of events and the cursor of the next one."""
+
+    def count_events(self, query: EventQuery) -> int:
+        """How many events match."""
+
+    def count_by(self, field: str, query: EventQuery) -> dict[str, int]:
+        """Counts per type, source or action."""
+
+    def delete_before(self, cutoff: float, *, limit: int | None = None) -> int:
+        """Delete events older than ``cutoff``."""
+
+    def maintain(self, *, vacuum_pages: int = 2000) -> int:
+        """Reclaim space and refresh statistics, a bounded amount at a time; return free pages left."""
+
+    def stats(self) -> dict[str, Any]:
+        """Counts and sizes."""
+
+    def insert_pattern(
+        self, pattern_type: str, confidence: float, pattern_data: Any, *, event_id: int | None, embryo_id: str | None
+    ) -> int:
+        """Store a pattern."""
+
+    def select_patterns(
+        self,
+        *,
+        pattern_type: str | None = None,
+        event_id: int | None = None,
+        embryo_id: str | None = None,
+        min_confidence: float | None = None,
+        limit: int = 100,
+    ) -> list[Pattern]:
+        """Patterns, newest first."""
+
+    def insert_system_stats(self, values: dict[str, Any]) -> int:
+        """Record a system stats snapshot."""
+
+    def select_system_stats(
+        self, *, start_time: float | None = None, end_time: float | None = None, limit: int = 100
+    ) -> list[SystemStats]:
+        """System stats snapshots, newest first."""
+
+    def close(self) -> None:
+        """Release every resource."""
+
+
+def open_store(
+    location: str | os.PathLike[str], *, readonly: bool = False, durability: Literal["normal", "full"] = "normal"
+) -> EventStore:
+    """Open the backend a location names: a path or ``sqlite:///path`` is SQLite."""
+    from ._sqlite import SQLiteStore
+
+    path = os.fspath(location)
+    if path.startswith("sqlite:///"):
+        path = path[len("sqlite:///") :]
+    return SQLiteStore(path, readonly=readonly, durability=durability)

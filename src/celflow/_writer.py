@@ -1,0 +1,287 @@
+"""The batching writer: one thread, one write connection, one transaction per batch.
+
+Producers (any thread, or the event loop) hand in rows that are already validated and encoded;
+the writer commits them in FIFO order, so a flush marker resolves only after everything queued
+before it is committed. Maintenance runs on the same thread, one short step at a time between
+batches, so retention never stalls ingest for long.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
+from typing import Any, Literal
+
+from ._encoding import Row
+from ._exceptions import CelflowError, ManagerStateError, PersistenceError, QueueFullError
+from ._storage import EventStore
+
+__all__ = ["BatchWriter"]
+
+log = logging.getLogger("celflow.writer")
+
+Overflow = Literal["block", "drop", "raise"]
+Task = Callable[[], Iterator[Any]]
+
+
+class _Ack:
+    """Completion of one awaited write, possibly spread over several batches."""
+
+    __slots__ = ("future", "ids", "remaining")
+
+    def __init__(self, size: int, parts: int) -> None:
+        self.future: Future[list[int]] = Future()
+        self.ids = [0] * size
+        self.remaining = parts
+
+
+class _Item:
+    __slots__ = ("ack", "offset", "queued", "rows")
+
+    def __init__(self, rows: Sequence[Row], ack: _Ack | None, offset: int, queued: float) -> None:
+        self.rows = rows
+        self.ack = ack
+        self.offset = offset
+        self.queued = queued
+
+
+class BatchWriter:
+    """Commits queued rows in batches of ``batch_size`` or after ``batch_timeout`` seconds."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        *,
+        batch_size: int = 100,
+        batch_timeout: float = 5.0,
+        max_queue_size: int = 100_000,
+        overflow: Overflow = "block",
+        queue_timeout: float = 5.0,
+    ) -> None:
+        self.store = store
+        self.batch_size = batch_size
+        self.batch_timeout = batch_timeout
+        self.max_queue_size = max_queue_size
+        self.overflow = overflow
+        self.queue_timeout = queue_timeout
+        self._items: collections.deque[_Item] = collections.deque()
+        self._tasks: collections.deque[tuple[Iterator[Any], Future[Any]]] = collections.deque()
+        self._lock = threading.Lock()
+        self._has_work = threading.Condition(self._lock)
+        self._has_room = threading.Condition(self._lock)
+        self._pending = 0  # rows queued, not yet taken by the writer
+        self._urgent = 0  # queued items somebody awaits
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="celflow-writer", daemon=True)
+        # counters, read by get_stats()
+        self.stored = 0
+        self.duplicates = 0
+        self.dropped = 0
+        self.batches = 0
+        self.errors = 0
+        self.last_error: str | None = None
+        self.last_flush: float | None = None
+        self.last_batch_seconds = 0.0
+        self.total_batch_seconds = 0.0
+        self.healthy = True
+        self._rate_samples: collections.deque[tuple[float, int]] = collections.deque(maxlen=120)
+
+    # -- producers -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the writer thread."""
+        self._thread.start()
+
+    @property
+    def queue_size(self) -> int:
+        """Rows waiting for the writer."""
+        return self._pending
+
+    def submit(self, rows: Sequence[Row], *, wait: bool = False) -> _Ack | None:
+        """Queue rows; with ``wait`` return an ack whose future resolves to their ids once committed.
+
+        Applies the overflow policy when the queue is full; returns ``None`` for dropped rows too
+        (they are counted in ``dropped``).
+        """
+        size = self.batch_size
+        chunks = [rows[i : i + size] for i in range(0, len(rows), size)] or [rows]
+        ack = _Ack(len(rows), len(chunks)) if wait else None
+        with self._lock:
+            if self._stopping:
+                raise ManagerStateError("the persistence manager is stopped; events are no longer accepted")
+            n = len(rows)
+            if self._pending and self._pending + n > self.max_queue_size:
+                if self.overflow == "drop":
+                    self.dropped += n
+                    return None
+                if self.overflow == "raise":
+                    raise QueueFullError(self._full_message(n))
+                deadline = time.monotonic() + self.queue_timeout
+                while self._pending and self._pending + n > self.max_queue_size:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or self._stopping:
+                        raise QueueFullError(self._full_message(n) + f" for {self.queue_timeout:g} s")
+                    self._has_room.wait(remaining)
+            was_empty = not self._items
+            offset = 0
+            now = time.monotonic()
+            for chunk in chunks:
+                self._items.append(_Item(chunk, ack, offset, now))
+                offset += len(chunk)
+            self._pending += n
+            if ack is not None:
+                self._urgent += 1
+            if was_empty or ack is not None or self._pending >= size:
+                self._has_work.notify()
+        return ack
+
+    def _full_message(self, n: int) -> str:
+        return (
+            f"the write queue is full ({self._pending:,} of max_queue_size {self.max_queue_size:,} "
+            f"events waiting; {n:,} more offered)"
+        )
+
+    def flush(self) -> Future[list[int]]:
+        """A future that resolves once everything queued before this call is committed."""
+        ack = self.submit([], wait=True)
+        assert ack is not None
+        return ack.future
+
+    def run_task(self, task: Task) -> Future[Any]:
+        """Run ``task()`` on the writer thread; each ``next()`` of it is one step between batches.
+
+        The future resolves to the generator's return value.
+        """
+        future: Future[Any] = Future()
+        with self._lock:
+            if self._stopping:
+                raise ManagerStateError("the persistence manager is stopped")
+            self._tasks.append((task(), future))
+            self._has_work.notify()
+        return future
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Write everything queued, then end the thread (waits at most ``timeout`` seconds)."""
+        with self._lock:
+            self._stopping = True
+            self._has_work.notify()
+            self._has_room.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.error("writer did not finish within %s s; %d queued events not written", timeout, self._pending)
+
+    def rate(self, window: float = 10.0) -> float:
+        """Events stored per second over the last ``window`` seconds."""
+        now = time.monotonic()
+        samples = [s for s in list(self._rate_samples) if now - s[0] <= window]
+        if not samples:
+            return 0.0
+        elapsed = max(now - samples[0][0], 1e-3)
+        return (self.stored - samples[0][1]) / elapsed
+
+    # -- the writer thread ---------------------------------------------------------------------
+
+    def _ready(self) -> bool:
+        if self._stopping or self._urgent or self._tasks or self._pending >= self.batch_size:
+            return True
+        return bool(self._items) and time.monotonic() - self._items[0].queued >= self.batch_timeout
+
+    def _take(self) -> list[_Item]:
+        taken: list[_Item] = []
+        count = 0
+        while self._items and (not taken or count + len(self._items[0].rows) <= self.batch_size):
+            item = self._items.popleft()
+            taken.append(item)
+            count += len(item.rows)
+            if item.ack is not None and item.offset + len(item.rows) == len(item.ack.ids):
+                self._urgent -= 1
+        self._pending -= count
+        self._has_room.notify_all()
+        return taken
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._ready():
+                    timeout = None
+                    if self._items:
+                        timeout = max(0.0, self._items[0].queued + self.batch_timeout - time.monotonic())
+                    self._has_work.wait(timeout)
+                items = self._take() if self._items else []
+                task = None
+                if not items and self._stopping:
+                    for _, future in self._tasks:  # maintenance does not delay a stop
+                        future.cancel()
+                    self._tasks.clear()
+                    break
+                if not items and self._tasks:
+                    task = self._tasks.popleft()
+            if items:
+                self._write(items)
+            elif task is not None:
+                self._step(*task)
+
+    def _write(self, items: list[_Item]) -> None:
+        rows = [row for item in items for row in item.rows]
+        want_ids = any(item.ack is not None and item.rows for item in items)
+        delay = 0.05
+        while True:
+            started = time.monotonic()
+            try:
+                result = self.store.insert_events(rows, want_ids=want_ids) if rows else None
+                break
+            except PersistenceError as exc:
+                self.errors += 1
+                self.last_error = str(exc)
+                self.healthy = False
+                log.error("writing a batch of %d events failed, retrying in %.2f s: %s", len(rows), delay, exc)
+                if self._stopping and delay >= 5.0:
+                    self._fail(items, exc)
+                    return
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        elapsed = time.monotonic() - started
+        self.healthy = True
+        if result is not None:
+            self.stored += result.inserted
+            self.duplicates += result.duplicates
+            self.batches += 1
+            self.last_batch_seconds = elapsed
+            self.total_batch_seconds += elapsed
+            self._rate_samples.append((time.monotonic(), self.stored))
+        self.last_flush = time.time()
+        start = 0
+        for item in items:
+            ack, n = item.ack, len(item.rows)
+            if ack is not None:
+                if result is not None and result.ids is not None and n:
+                    ack.ids[item.offset : item.offset + n] = result.ids[start : start + n]
+                ack.remaining -= 1
+                if ack.remaining == 0 and not ack.future.cancelled():
+                    ack.future.set_result(ack.ids)
+            start += n
+
+    def _fail(self, items: list[_Item], exc: CelflowError) -> None:
+        for item in items:
+            if item.ack is not None and not item.ack.future.done():
+                item.ack.future.set_exception(exc)
+
+    def _step(self, generator: Iterator[Any], future: Future[Any]) -> None:
+        try:
+            next(generator)
+        except StopIteration as done:
+            if not future.cancelled():
+                future.set_result(done.value)
+            return
+        except Exception as exc:  # noqa: BLE001 - a failed maintenance step must not kill the writer
+            log.error("maintenance step failed: %s", exc)
+            if not future.cancelled():
+                future.set_exception(exc)
+            return
+        with self._lock:
+            self._tasks.append((generator, future))

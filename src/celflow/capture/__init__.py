@@ -1,0 +1,1 @@
+"""Capture sources of `celflow run`: the filesystem (watchdog) and processes (psutil)."""

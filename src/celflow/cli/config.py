@@ -1,0 +1,40 @@
+"""``celflow config``: show the effective configuration and where each value came from."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+from .._config import config_items
+from . import State
+
+__all__ = ["config"]
+
+
+@click.group()
+def config() -> None:
+    """Inspect CelFlow's configuration."""
+
+
+@config.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: {name: {value, origin}}.")
+@click.pass_obj
+def show(state: State, as_json: bool) -> None:
+    """Print every setting, its value and its origin (default, file, env, command line)."""
+    settings, origin = state.load()
+    items = config_items(settings, origin)
+    if as_json:
+        payload = {name: {"value": value, "origin": source} for name, value, source in items}
+        sys.stdout.buffer.write(orjson.dumps(payload, option=orjson.OPT_INDENT_2) + b"\n")
+        return
+    table = Table(title="CelFlow configuration", title_justify="left")
+    table.add_column("setting", style="bold")
+    table.add_column("value")
+    table.add_column("from", style="dim")
+    for name, value, source in items:
+        table.add_row(name, repr(value) if isinstance(value, str) else str(value), source)
+    Console(highlight=False).print(table)

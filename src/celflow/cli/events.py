@@ -1,0 +1,215 @@
+"""``celflow events``: the seed's ``tools/celflow_events.py`` (stats, list, search, export)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+from .._database import EventDatabase
+from .._export import export_json
+from .._types import StoredEvent
+from . import State
+
+__all__ = ["events"]
+
+console = Console(highlight=False)
+
+
+def _open(state: State, db: Path | None) -> EventDatabase:
+    path = db if db is not None else Path(state.load()[0].persistence.database_path)
+    return EventDatabase(path, readonly=True)
+
+
+def _when(ts: float | None) -> str:
+    return "-" if ts is None else datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _since(hours: float | None) -> float | None:
+    return None if hours is None else time.time() - hours * 3600
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.buffer.write(orjson.dumps(value, option=orjson.OPT_INDENT_2) + b"\n")
+    sys.stdout.flush()
+
+
+def _event_table(rows: list[StoredEvent], title: str) -> Table:
+    table = Table(title=title, title_justify="left", expand=False)
+    table.add_column("id", justify="right", style="dim", no_wrap=True)
+    table.add_column("time", no_wrap=True, min_width=19)
+    table.add_column("type", style="cyan", no_wrap=True)
+    table.add_column("action", style="magenta", no_wrap=True)
+    table.add_column("source", style="green", no_wrap=True)
+    table.add_column("data", overflow="ellipsis", no_wrap=True, ratio=1, min_width=20)
+    for e in rows:
+        data = orjson.dumps(e.data).decode()
+        table.add_row(str(e.id), _when(e.timestamp), e.event_type, e.action or "", e.source, data)
+    return table
+
+
+db_option = click.option(
+    "--db",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Database file (default: persistence.database_path, data/events.db).",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of tables.")
+
+
+def filter_options(func: Any) -> Any:
+    """The filters every reading command shares."""
+    for option in reversed(
+        [
+            click.option("--hours", type=click.FloatRange(min=0), help="Only events of the last N hours."),
+            click.option("--type", "event_type", help="Only this event_type."),
+            click.option("--source", help="Only this source."),
+            click.option("--action", help="Only this action."),
+        ]
+    ):
+        func = option(func)
+    return func
+
+
+@click.group()
+def events() -> None:
+    """Query and analyse stored events (read-only; works while `celflow run` writes)."""
+
+
+@events.command()
+@db_option
+@json_option
+@click.pass_obj
+def stats(state: State, db: Path | None, as_json: bool) -> None:
+    """Show database statistics: counts, time span, sizes, types and sources."""
+    with _open(state, db) as database:
+        info = database.get_database_stats()
+    if as_json:
+        _print_json(info)
+        return
+    summary = Table(title=f"CelFlow database {info['database_path']}", title_justify="left", show_header=False)
+    summary.add_column(style="bold")
+    summary.add_column(justify="right")
+    summary.add_row("events", f"{info['total_events']:,}")
+    summary.add_row("oldest", _when(info["oldest_event"]))
+    summary.add_row("newest", _when(info["newest_event"]))
+    summary.add_row("compressed events", f"{info['compressed_events']:,}")
+    summary.add_row("patterns", f"{info['total_patterns']:,}")
+    summary.add_row("system stats rows", f"{info['total_system_stats']:,}")
+    summary.add_row("database size", f"{info['database_size_mb']:.2f} MB (WAL {info['wal_size_mb']:.2f} MB)")
+    summary.add_row("schema version", str(info["schema_version"]))
+    console.print(summary)
+    for key, label in (("events_by_type", "type"), ("events_by_source", "source")):
+        counts: dict[str, int] = info[key]
+        if not counts:
+            continue
+        total = sum(counts.values())
+        table = Table(title=f"events by {label}", title_justify="left")
+        table.add_column(label)
+        table.add_column("events", justify="right")
+        table.add_column("share", justify="right")
+        for name, n in list(counts.items())[:20]:
+            table.add_row(name, f"{n:,}", f"{100 * n / total:.1f}%")
+        if len(counts) > 20:
+            table.add_row(f"... {len(counts) - 20} more", "", "")
+        console.print(table)
+
+
+@events.command("list")
+@db_option
+@filter_options
+@click.option("--limit", type=click.IntRange(min=0), default=50, show_default=True, help="At most N events.")
+@click.option("--oldest-first", is_flag=True, help="Oldest first (default: newest first).")
+@json_option
+@click.pass_obj
+def list_events(
+    state: State,
+    db: Path | None,
+    hours: float | None,
+    event_type: str | None,
+    source: str | None,
+    action: str | None,
+    limit: int,
+    oldest_first: bool,
+    as_json: bool,
+) -> None:
+    """List recent events, newest first (e.g. `list --hours 2 --limit 50`)."""
+    with _open(state, db) as database:
+        page = database.query(
+            _since(hours), None, event_type, limit, source=source, action=action,
+            order="asc" if oldest_first else "desc",
+        )
+    _show(page.events, as_json, "events" + (f" of the last {hours:g} h" if hours is not None else ""))
+
+
+@events.command()
+@click.argument("text")
+@db_option
+@filter_options
+@click.option("--limit", type=click.IntRange(min=0), default=10, show_default=True, help="At most N events.")
+@json_option
+@click.pass_obj
+def search(
+    state: State,
+    text: str,
+    db: Path | None,
+    hours: float | None,
+    event_type: str | None,
+    source: str | None,
+    action: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """Find events whose type, source, action or data contain TEXT (case-insensitive)."""
+    with _open(state, db) as database:
+        page = database.query(_since(hours), None, event_type, limit, source=source, action=action, search=text)
+    _show(page.events, as_json, f"events matching {text!r}")
+
+
+def _show(rows: list[StoredEvent], as_json: bool, title: str) -> None:
+    if as_json:
+        _print_json([e.to_dict() for e in rows])
+    elif not rows:
+        console.print(f"no {title}")
+    else:
+        console.print(_event_table(rows, f"{len(rows)} {title}"))
+
+
+@events.command()
+@click.argument("output", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path))
+@db_option
+@filter_options
+@click.option("--limit", type=click.IntRange(min=0), help="At most N events (default: all).")
+@click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
+@click.pass_obj
+def export(
+    state: State,
+    output: Path,
+    db: Path | None,
+    hours: float | None,
+    event_type: str | None,
+    source: str | None,
+    action: str | None,
+    limit: int | None,
+    force: bool,
+) -> None:
+    """Export events to OUTPUT as a JSON array, oldest first (`-` writes to stdout)."""
+    with _open(state, db) as database:
+        count = export_json(
+            database,
+            output,
+            force=force,
+            start_time=_since(hours),
+            event_type=event_type,
+            source=source,
+            action=action,
+            limit=limit,
+        )
+    if str(output) != "-":
+        Console(stderr=True, highlight=False).print(f"exported {count:,} events to {output}")

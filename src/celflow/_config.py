@@ -117,7 +117,8 @@ def parse_config(data: Mapping[str, Any] | Config | PersistenceConfig | None, *,
     if not isinstance(data, Mapping):
         raise ConfigError(f"a configuration must be a dict, not {type(data).__name__}")
     whole = any(key in data for key in ("enable_persistence", *_SECTIONS))
-    return _convert(dict(data) if whole else {"persistence": dict(data)}, Config, where)
+    config: Config = _convert(dict(data) if whole else {"persistence": dict(data)}, Config, where)
+    return config
 
 
 def default_config_path(env: Mapping[str, str] | None = None) -> Path | None:

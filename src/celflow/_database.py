@@ -106,8 +106,10 @@ class EventDatabase:
 
     def cleanup_old_events(self, days_to_keep: float = 30) -> int:
         """Delete events older than ``days_to_keep`` days; return how many were removed."""
-        if isinstance(days_to_keep, bool) or not isinstance(days_to_keep, (int, float)) or not (
-            math.isfinite(days_to_keep) and days_to_keep >= 0
+        if (
+            isinstance(days_to_keep, bool)
+            or not isinstance(days_to_keep, (int, float))
+            or not (math.isfinite(days_to_keep) and days_to_keep >= 0)
         ):
             raise ValidationError(f"days_to_keep must be a number >= 0, got {days_to_keep!r}", field="days_to_keep")
         cutoff = time.time() - days_to_keep * 86400
@@ -144,9 +146,7 @@ class EventDatabase:
         events, cursor = self.store.select_events(make_query(start_time, end_time, event_type, limit, **filters))
         return EventPage(events, cursor)
 
-    def iter_events(
-        self, *, page_size: int = 1000, limit: int | None = None, **filters: Any
-    ) -> Iterator[StoredEvent]:
+    def iter_events(self, *, page_size: int = 1000, limit: int | None = None, **filters: Any) -> Iterator[StoredEvent]:
         """Every matching event (at most ``limit``), fetched a page at a time: memory stays flat."""
         left = limit
         cursor = filters.pop("cursor", None)
@@ -205,8 +205,16 @@ class EventDatabase:
         limit: int = 100,
     ) -> list[dict[str, Any]]:
         """Patterns matching every given filter, newest first, as dicts."""
-        return [p.to_dict() for p in self.patterns(pattern_type=pattern_type, event_id=event_id,
-                                                   embryo_id=embryo_id, min_confidence=min_confidence, limit=limit)]
+        return [
+            p.to_dict()
+            for p in self.patterns(
+                pattern_type=pattern_type,
+                event_id=event_id,
+                embryo_id=embryo_id,
+                min_confidence=min_confidence,
+                limit=limit,
+            )
+        ]
 
     def patterns(self, **filters: Any) -> list[Pattern]:
         """Like :meth:`get_patterns`, typed."""
@@ -242,12 +250,11 @@ class EventDatabase:
         self, start_time: object = None, end_time: object = None, limit: int = 100
     ) -> list[dict[str, Any]]:
         """System stats snapshots in a time range, newest first, as dicts."""
-        return [
-            s.to_dict()
-            for s in self.system_stats(start_time=start_time, end_time=end_time, limit=limit)
-        ]
+        return [s.to_dict() for s in self.system_stats(start_time=start_time, end_time=end_time, limit=limit)]
 
-    def system_stats(self, *, start_time: object = None, end_time: object = None, limit: int = 100) -> list[SystemStats]:
+    def system_stats(
+        self, *, start_time: object = None, end_time: object = None, limit: int = 100
+    ) -> list[SystemStats]:
         """Like :meth:`get_system_stats`, typed."""
         return self.store.select_system_stats(
             start_time=_optional_time(start_time, "start_time"),

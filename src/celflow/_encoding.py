@@ -98,17 +98,13 @@ def parse_timestamp(value: object, *, field: str = "timestamp") -> float:
         raise ValidationError(f"{field} must be finite, got {ts}", field=field)
     if not MIN_TIMESTAMP <= ts < MAX_TIMESTAMP:
         hint = " (was it in milliseconds?)" if ts >= MAX_TIMESTAMP else ""
-        raise ValidationError(
-            f"{field} {value!r} is outside 1970-01-01..2200-01-01{hint}", field=field
-        )
+        raise ValidationError(f"{field} {value!r} is outside 1970-01-01..2200-01-01{hint}", field=field)
     return ts
 
 
 def _aware_timestamp(value: datetime, field: str, shown: str) -> float:
     if value.tzinfo is None or value.utcoffset() is None:
-        raise ValidationError(
-            f"{field} {shown} has no UTC offset; add one (e.g. 'Z' or '+02:00')", field=field
-        )
+        raise ValidationError(f"{field} {shown} has no UTC offset; add one (e.g. 'Z' or '+02:00')", field=field)
     return value.timestamp()
 
 
@@ -217,9 +213,7 @@ def _check_name(event: Mapping[str, Any], field: str, *, required: bool) -> str 
     if required and not value:
         raise ValidationError(f"{field} must not be empty", field=field)
     if len(value) > MAX_NAME_LENGTH:
-        raise ValidationError(
-            f"{field} is {len(value)} characters long; the limit is {MAX_NAME_LENGTH}", field=field
-        )
+        raise ValidationError(f"{field} is {len(value)} characters long; the limit is {MAX_NAME_LENGTH}", field=field)
     return value
 
 
@@ -247,8 +241,7 @@ def prepare_event(
     size = len(encoded) + len(event_type) + len(source) + len(action or "")
     if size > options.max_event_bytes:
         raise ValidationError(
-            f"event is {size:,} bytes encoded; the limit is {options.max_event_bytes:,} bytes "
-            "(max_event_bytes)",
+            f"event is {size:,} bytes encoded; the limit is {options.max_event_bytes:,} bytes (max_event_bytes)",
             field="data",
         )
     key = event.get("idempotency_key")
@@ -269,9 +262,7 @@ def prepare_event(
     return Row(ts, event_type, action, source, encoded.decode(), None, digest)
 
 
-def prepare_batch(
-    events: Iterable[Mapping[str, Any]], options: EncodingOptions = DEFAULT_OPTIONS
-) -> list[Row]:
+def prepare_batch(events: Iterable[Mapping[str, Any]], options: EncodingOptions = DEFAULT_OPTIONS) -> list[Row]:
     """Prepare every event or none: a bad one raises :class:`ValidationError` with its index."""
     if isinstance(events, (Mapping, str, bytes)):
         raise ValidationError("a batch must be a list of event dicts, not a single " + type(events).__name__)

@@ -49,9 +49,7 @@ def private_output(output: str | os.PathLike[str], *, force: bool = False) -> It
         raise
 
 
-def export_json(
-    database: EventDatabase, output: str | os.PathLike[str], *, force: bool = False, **filters: Any
-) -> int:
+def export_json(database: EventDatabase, output: str | os.PathLike[str], *, force: bool = False, **filters: Any) -> int:
     """Write matching events, oldest first, as a JSON array (the seed's export); return the count."""
     count = 0
     with private_output(output, force=force) as f:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Generator, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -109,7 +110,9 @@ class EventPersistenceManager:
         assert writer is not None and database is not None
         await asyncio.to_thread(writer.stop)
         database.close()
-        log.info("stopped: %d events stored, %d duplicates, %d dropped", writer.stored, writer.duplicates, writer.dropped)
+        log.info(
+            "stopped: %d events stored, %d duplicates, %d dropped", writer.stored, writer.duplicates, writer.dropped
+        )
 
     async def __aenter__(self) -> EventPersistenceManager:
         await self.start()
@@ -228,7 +231,7 @@ class EventPersistenceManager:
             log.info("retention removed %d events older than %g days", removed, days)
         return removed
 
-    def _maintenance_steps(self, cutoff: float | None) -> Iterator[None]:
+    def _maintenance_steps(self, cutoff: float | None) -> Generator[None, None, int]:
         """Runs on the writer thread, one short step per ``next()``; returns the count removed."""
         assert self.database is not None
         store = self.database.store
@@ -255,7 +258,7 @@ class EventPersistenceManager:
                 await self.run_maintenance()
             except ManagerStateError:
                 return
-            except Exception:  # noqa: BLE001 - maintenance failing must not stop ingest; it retries next time
+            except Exception:  # logged; ingest goes on and maintenance retries next interval
                 log.exception("maintenance failed")
             await asyncio.sleep(interval)
 
@@ -276,19 +279,16 @@ class EventPersistenceManager:
                 "storage_mb": stats["database_stats"]["database_size_mb"],
             }
             last_stored, last_time = writer.stored, now
-            store = self.database.store if self.database else None
-            if store is None:
-                return
-
-            def snapshot(values: dict[str, Any] = values) -> Iterator[None]:
-                assert store is not None
-                store.insert_system_stats(values)
-                yield from ()
-
             try:
-                await asyncio.wrap_future(writer.run_task(snapshot))
-            except Exception:  # noqa: BLE001 - a missed snapshot is logged, the next one follows
+                await asyncio.wrap_future(writer.run_task(functools.partial(self._snapshot_step, values)))
+            except Exception:  # a missed snapshot is logged; the next one follows
                 log.exception("recording system stats failed")
+
+    def _snapshot_step(self, values: dict[str, Any]) -> Iterator[None]:
+        """One system_stats row, written on the writer thread."""
+        assert self.database is not None
+        self.database.store.insert_system_stats(values)
+        yield from ()
 
 
 def create_event_persistence(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import logging.handlers
 import os
@@ -26,7 +27,7 @@ class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
     def _open(self) -> Any:
         fd = os.open(self.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         os.fchmod(fd, 0o600)
-        return open(fd, self.mode, encoding=self.encoding, errors=self.errors)  # noqa: SIM115 - the handler owns it
+        return open(fd, self.mode, encoding=self.encoding, errors=self.errors)
 
 
 def setup_logging(settings: LoggingConfig, data_dir: str) -> None:
@@ -51,10 +52,9 @@ async def serve(config: Config, stop: asyncio.Event | None = None, *, status_int
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
+        # Outside the main thread there are no signal handlers: the caller sets `stop`.
+        with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):  # not the main thread: the caller sets stop
-            pass
     manager = EventPersistenceManager(config)
     await manager.start()
     data_dir = os.path.dirname(os.path.abspath(config.persistence.database_path))
@@ -62,11 +62,15 @@ async def serve(config: Config, stop: asyncio.Event | None = None, *, status_int
     try:
         capture = config.capture
         if capture.filesystem:
-            fs = FileSystemCapture(manager.queue_event, capture.paths, exclude=[data_dir], ignore_hidden=capture.ignore_hidden)
+            fs = FileSystemCapture(
+                manager.queue_event, capture.paths, exclude=[data_dir], ignore_hidden=capture.ignore_hidden
+            )
             fs.start()
             sources.append(fs)
         if capture.processes:
-            procs = ProcessCapture(manager.queue_event, interval=capture.process_interval, cmdline=capture.process_cmdline)
+            procs = ProcessCapture(
+                manager.queue_event, interval=capture.process_interval, cmdline=capture.process_cmdline
+            )
             procs.start()
             sources.append(procs)
         log.info("CelFlow is running; stop with Ctrl-C (SIGINT) or SIGTERM")
@@ -77,8 +81,11 @@ async def serve(config: Config, stop: asyncio.Event | None = None, *, status_int
                 stats = manager.get_stats()
                 log.info(
                     "%d events stored this run (%.1f/s now), %d in the database, queue %d, dropped %d",
-                    stats["total_stored"], stats["events_per_second"], stats["database_stats"]["total_events"],
-                    stats["queue_size"], stats["dropped"],
+                    stats["total_stored"],
+                    stats["events_per_second"],
+                    stats["database_stats"]["total_events"],
+                    stats["queue_size"],
+                    stats["dropped"],
                 )
     finally:
         log.info("stopping: flushing queued events")

@@ -40,9 +40,7 @@ _INSERT = (
     "INSERT OR IGNORE INTO events (timestamp, event_type, action, source, data_json, "
     "data_compressed, hash) VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
-_EVENT_COLUMNS = (
-    "id, timestamp, event_type, action, source, data_json, data_compressed, hash, processed, created_at"
-)
+_EVENT_COLUMNS = "id, timestamp, event_type, action, source, data_json, data_compressed, hash, processed, created_at"
 _GROUP_COLUMNS = {"event_type": "event_type", "source": "source", "action": "action"}
 
 
@@ -283,9 +281,7 @@ class SQLiteStore:
             key = (row.timestamp, row.hash)
             event_id = by_key.get(key)
             if event_id is None:
-                event_id = conn.execute(
-                    "SELECT id FROM events WHERE timestamp = ? AND hash = ?", key
-                ).fetchone()[0]
+                event_id = conn.execute("SELECT id FROM events WHERE timestamp = ? AND hash = ?", key).fetchone()[0]
                 by_key[key] = event_id
             ids.append(event_id)
         return ids
@@ -369,7 +365,8 @@ class SQLiteStore:
         conn = self._connection()
         self._writer_lock.acquire()
         with self._write_lock, self._translate():
-            conn.execute(f"PRAGMA incremental_vacuum({int(vacuum_pages)})").fetchall()
+            # executescript steps the pragma to the end; execute() would free a single page.
+            conn.executescript(f"PRAGMA incremental_vacuum({int(vacuum_pages)});")
             conn.execute("PRAGMA optimize")
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
             return int(conn.execute("PRAGMA freelist_count").fetchone()[0])
@@ -428,7 +425,8 @@ class SQLiteStore:
         limit: int = 100,
     ) -> list[Pattern]:
         """Patterns matching every given filter, newest first."""
-        clauses, params = [], []
+        clauses: list[str] = []
+        params: list[Any] = []
         for column, value in (("pattern_type", pattern_type), ("event_id", event_id), ("embryo_id", embryo_id)):
             if value is not None:
                 clauses.append(f"{column} = ?")
@@ -463,7 +461,11 @@ class SQLiteStore:
             "SELECT id, timestamp, total_events, events_per_second, active_embryos, avg_fitness, "
             "storage_mb, created_at FROM system_stats WHERE timestamp >= ? AND timestamp < ? "
             "ORDER BY timestamp DESC, id DESC LIMIT ?",
-            [start_time if start_time is not None else -math.inf, end_time if end_time is not None else math.inf, limit],
+            [
+                start_time if start_time is not None else -math.inf,
+                end_time if end_time is not None else math.inf,
+                limit,
+            ],
         )
         return [SystemStats(*r) for r in rows]
 

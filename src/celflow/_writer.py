@@ -186,10 +186,12 @@ class BatchWriter:
 
     # -- the writer thread ---------------------------------------------------------------------
 
-    def _ready(self) -> bool:
-        if self._stopping or self._urgent or self._tasks or self._pending >= self.batch_size:
+    def _batch_ready(self) -> bool:
+        if not self._items:
+            return False
+        if self._stopping or self._urgent or self._pending >= self.batch_size:
             return True
-        return bool(self._items) and time.monotonic() - self._items[0].queued >= self.batch_timeout
+        return time.monotonic() - self._items[0].queued >= self.batch_timeout
 
     def _take(self) -> list[_Item]:
         taken: list[_Item] = []
@@ -207,12 +209,12 @@ class BatchWriter:
     def _run(self) -> None:
         while True:
             with self._lock:
-                while not self._ready():
+                while not (self._batch_ready() or self._tasks or self._stopping):
                     timeout = None
                     if self._items:
                         timeout = max(0.0, self._items[0].queued + self.batch_timeout - time.monotonic())
                     self._has_work.wait(timeout)
-                items = self._take() if self._items else []
+                items = self._take() if self._batch_ready() else []
                 task = None
                 if not items and self._stopping:
                     for _, future in self._tasks:  # maintenance does not delay a stop

@@ -76,7 +76,13 @@ class _Handler(FileSystemEventHandler):
             data["dest_path"] = dest
         try:
             self.emit(
-                {"event_type": "file_op", "source": "filesystem", "action": action, "timestamp": time.time(), "data": data}
+                {
+                    "event_type": "file_op",
+                    "source": "filesystem",
+                    "action": action,
+                    "timestamp": time.time(),
+                    "data": data,
+                }
             )
         except Exception as exc:  # noqa: BLE001 - a failed hand-off must not kill the observer thread
             log.warning("file event not stored: %s", exc)
@@ -85,7 +91,9 @@ class _Handler(FileSystemEventHandler):
 class FileSystemCapture:
     """Watches folders and emits ``file_op`` events; never its own data folder."""
 
-    def __init__(self, emit: Emit, paths: Iterable[str], *, exclude: Iterable[str] = (), ignore_hidden: bool = True) -> None:
+    def __init__(
+        self, emit: Emit, paths: Iterable[str], *, exclude: Iterable[str] = (), ignore_hidden: bool = True
+    ) -> None:
         self.emit = emit
         self.exclude = [os.path.realpath(p) for p in exclude]
         self.paths = resolve_watch_paths(paths, self.exclude)

@@ -70,8 +70,9 @@ class ProcessCapture:
     def _send(self, action: str, info: dict[str, Any], timestamp: float) -> int:
         data = {k: v for k, v in info.items() if v is not None}
         try:
-            self.emit({"event_type": "process", "source": "processes", "action": action, "timestamp": timestamp,
-                       "data": data})
+            self.emit(
+                {"event_type": "process", "source": "processes", "action": action, "timestamp": timestamp, "data": data}
+            )
         except Exception as exc:  # noqa: BLE001 - one lost event must not stop the poller
             log.warning("process event not stored: %s", exc)
             return 0
@@ -81,5 +82,5 @@ class ProcessCapture:
         while not self._stop.wait(self.interval):
             try:
                 self.poll()
-            except Exception:  # noqa: BLE001 - keep polling; psutil can fail transiently
+            except Exception:  # logged; psutil can fail transiently, so polling goes on
                 log.exception("polling processes failed")

@@ -42,16 +42,22 @@ def _print_json(value: Any) -> None:
 
 
 def _event_table(rows: list[StoredEvent], title: str) -> Table:
-    table = Table(title=title, title_justify="left", expand=False)
+    cells = [
+        (str(e.id), _when(e.timestamp), e.event_type, e.action or "", e.source, orjson.dumps(e.data).decode())
+        for e in rows
+    ]
+    # Fixed columns keep their width; the data column gets what is left of the terminal.
+    widths = [max(len(c[i]) for c in cells) for i in range(5)]
+    room = max(20, console.width - sum(max(w, 6) for w in widths) - 3 * 6 - 1)
+    table = Table(title=title, title_justify="left")
     table.add_column("id", justify="right", style="dim", no_wrap=True)
-    table.add_column("time", no_wrap=True, min_width=19)
+    table.add_column("time", no_wrap=True)
     table.add_column("type", style="cyan", no_wrap=True)
     table.add_column("action", style="magenta", no_wrap=True)
     table.add_column("source", style="green", no_wrap=True)
-    table.add_column("data", overflow="ellipsis", no_wrap=True, ratio=1, min_width=20)
-    for e in rows:
-        data = orjson.dumps(e.data).decode()
-        table.add_row(str(e.id), _when(e.timestamp), e.event_type, e.action or "", e.source, data)
+    table.add_column("data", no_wrap=True, overflow="ellipsis", max_width=room)
+    for cell in cells:
+        table.add_row(*cell[:5], cell[5] if len(cell[5]) <= room else cell[5][: room - 1] + "…")
     return table
 
 
@@ -142,7 +148,12 @@ def list_events(
     """List recent events, newest first (e.g. `list --hours 2 --limit 50`)."""
     with _open(state, db) as database:
         page = database.query(
-            _since(hours), None, event_type, limit, source=source, action=action,
+            _since(hours),
+            None,
+            event_type,
+            limit,
+            source=source,
+            action=action,
             order="asc" if oldest_first else "desc",
         )
     _show(page.events, as_json, "events" + (f" of the last {hours:g} h" if hours is not None else ""))

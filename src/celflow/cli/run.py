@@ -19,7 +19,9 @@ __all__ = ["run"]
 @click.option("--processes/--no-processes", default=None, help="Capture process start/exit (default: on).")
 @click.option("--watch", "paths", multiple=True, type=click.Path(path_type=Path), help="Folder to watch (repeatable).")
 @click.pass_obj
-def run(state: State, db: Path | None, filesystem: bool | None, processes: bool | None, paths: tuple[Path, ...]) -> None:
+def run(
+    state: State, db: Path | None, filesystem: bool | None, processes: bool | None, paths: tuple[Path, ...]
+) -> None:
     """Capture events from this machine and store them until SIGINT/SIGTERM, then flush and exit."""
     settings, _ = state.load(
         {

@@ -1,0 +1,316 @@
+"""EventPersistenceManager: the seed's async API, batching, flush, overflow, stats, maintenance."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from celflow import (
+    ConfigError,
+    EventDatabase,
+    EventPersistenceManager,
+    ManagerStateError,
+    QueueFullError,
+    ValidationError,
+    create_event_persistence,
+)
+from conftest import make_event
+
+
+def run(coro: Awaitable[Any]) -> Any:
+    """Run a coroutine on a fresh event loop."""
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+async def wait_until(check: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Poll ``check`` until it holds (or fail after ``timeout`` seconds)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+def config(db_path: Path, **settings: Any) -> dict[str, Any]:
+    return {"database_path": str(db_path), "stats_interval": 0, **settings}
+
+
+def test_seed_config_shapes(db_path: Path) -> None:
+    """Both seed shapes are accepted with the seed's defaults filled in."""
+    whole = create_event_persistence({"enable_persistence": True, "persistence": {"database_path": str(db_path)}})
+    part = create_event_persistence(
+        {
+            "database_path": str(db_path),
+            "batch_size": 200,
+            "batch_timeout": 3.0,
+            "retention_days": 60,
+            "cleanup_interval_hours": 12,
+        }
+    )
+    default = create_event_persistence()
+    assert whole.settings.batch_size == 100 and whole.settings.database_path == str(db_path)
+    assert (part.settings.batch_size, part.settings.batch_timeout, part.settings.retention_days) == (200, 3.0, 60)
+    assert (
+        default.settings.database_path,
+        default.settings.batch_size,
+        default.settings.batch_timeout,
+        default.settings.retention_days,
+        default.settings.cleanup_interval_hours,
+    ) == ("data/events.db", 100, 5.0, 30, 24)
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"batch_size": 0}, "batch_size"),
+        ({"batch_sise": 10}, "batch_sise"),
+        ({"batch_timeout": -1}, "batch_timeout"),
+        ({"durability": "sometimes"}, "durability"),
+        ({"overflow": "explode"}, "overflow"),
+        ({"persistence": {"retention_days": "forever"}}, "retention_days"),
+    ],
+)
+def test_bad_config(bad: dict[str, Any], message: str) -> None:
+    """Unknown keys and bad values raise ConfigError naming the key."""
+    with pytest.raises(ConfigError, match=message):
+        create_event_persistence(bad)
+
+
+def test_lifecycle_errors(db_path: Path) -> None:
+    """Queueing before start or after stop raises ManagerStateError; a manager starts once."""
+    manager = create_event_persistence(config(db_path))
+    with pytest.raises(ManagerStateError, match="start"):
+        manager.queue_event(make_event())
+
+    async def scenario() -> None:
+        await manager.start()
+        with pytest.raises(ManagerStateError, match="only once"):
+            await manager.start()
+        await manager.stop()
+        with pytest.raises(ManagerStateError, match="stopped"):
+            manager.queue_event(make_event())
+        await manager.stop()  # idempotent
+
+    run(scenario())
+
+
+def test_validation_happens_at_the_call(db_path: Path) -> None:
+    """A bad event raises from queue_event itself and nothing of that call is queued."""
+
+    async def scenario() -> None:
+        async with EventPersistenceManager(config(db_path)) as manager:
+            with pytest.raises(ValidationError, match="event_type"):
+                manager.queue_event({"source": "s"})
+            with pytest.raises(ValidationError, match="event 1"):
+                manager.queue_events_batch([make_event(), {"event_type": "t"}])
+            assert manager.get_stats()["queue_size"] == 0
+            await manager.flush()
+            assert manager.get_events() == []
+
+    run(scenario())
+
+
+def test_batch_size_triggers_a_write(db_path: Path) -> None:
+    """Reaching batch_size writes at once, long before batch_timeout."""
+
+    async def scenario() -> None:
+        async with EventPersistenceManager(config(db_path, batch_size=10, batch_timeout=600)) as manager:
+            manager.queue_events_batch([make_event() for _ in range(25)])
+            await wait_until(lambda: manager.get_stats()["total_stored"] == 20)
+            assert manager.get_stats()["queue_size"] == 5  # the rest waits for the timeout
+            assert manager.get_stats()["batches"] == 2
+
+    run(scenario())
+
+
+def test_batch_timeout_triggers_a_write(db_path: Path) -> None:
+    """A partial batch is written once batch_timeout has passed."""
+
+    async def scenario() -> None:
+        async with EventPersistenceManager(config(db_path, batch_size=1000, batch_timeout=0.2)) as manager:
+            manager.queue_event(make_event())
+            await asyncio.sleep(0.05)
+            assert manager.get_stats()["total_stored"] == 0
+            await wait_until(lambda: manager.get_stats()["total_stored"] == 1)
+
+    run(scenario())
+
+
+def test_flush_and_store_events(db_path: Path) -> None:
+    """flush() returns after everything queued is committed; store_events returns committed ids."""
+
+    async def scenario() -> None:
+        async with EventPersistenceManager(config(db_path, batch_size=7, batch_timeout=600)) as manager:
+            manager.queue_events_batch([make_event() for _ in range(10)])
+            await manager.flush()
+            assert len(manager.get_events(limit=None)) == 10
+            batch = [make_event() for _ in range(30)]
+            ids = await manager.store_events(batch)
+            assert len(ids) == 30 and len(set(ids)) == 30
+            assert await manager.store_events([batch[3]]) == [ids[3]]  # a retry: same id
+            assert await manager.store_event(make_event()) > max(ids)
+            stats = manager.get_stats()
+            assert stats["duplicates"] == 1 and stats["total_stored"] == 41
+
+    run(scenario())
+
+
+def test_stop_flushes_everything(db_path: Path) -> None:
+    """A graceful stop commits everything that was accepted."""
+
+    async def scenario() -> None:
+        manager = EventPersistenceManager(config(db_path, batch_size=100, batch_timeout=600))
+        await manager.start()
+        manager.queue_events_batch([make_event() for _ in range(2500)])
+        for _ in range(50):
+            manager.queue_event(make_event())
+        await manager.stop()
+
+    run(scenario())
+    with EventDatabase(db_path) as db:
+        assert db.count_events() == 2550
+
+
+def test_overflow_drop_counts(db_path: Path) -> None:
+    """With overflow='drop' a full queue drops new events and counts every one."""
+
+    async def scenario() -> None:
+        settings = config(db_path, batch_size=1000, batch_timeout=600, max_queue_size=10, overflow="drop")
+        async with EventPersistenceManager(settings) as manager:
+            accepted = [manager.queue_event(make_event()) for _ in range(15)]
+            assert accepted == [True] * 10 + [False] * 5
+            assert manager.queue_events_batch([make_event(), make_event()]) is False
+            stats = manager.get_stats()
+            assert stats["dropped"] == 7 and stats["queue_size"] == 10
+            await manager.flush()
+            assert manager.get_stats()["total_stored"] == 10
+
+    run(scenario())
+
+
+def test_overflow_raise(db_path: Path) -> None:
+    """With overflow='raise' a full queue raises QueueFullError and keeps what it had."""
+
+    async def scenario() -> None:
+        settings = config(db_path, batch_size=1000, batch_timeout=600, max_queue_size=5, overflow="raise")
+        async with EventPersistenceManager(settings) as manager:
+            for _ in range(5):
+                manager.queue_event(make_event())
+            with pytest.raises(QueueFullError, match="max_queue_size"):
+                manager.queue_event(make_event())
+            await manager.flush()
+            assert manager.get_stats()["total_stored"] == 5
+
+    run(scenario())
+
+
+def test_overflow_block_waits_then_raises(db_path: Path) -> None:
+    """With overflow='block' a producer waits for room and raises after queue_timeout."""
+
+    async def scenario() -> None:
+        settings = config(
+            db_path, batch_size=1000, batch_timeout=600, max_queue_size=5, overflow="block", queue_timeout=0.2
+        )
+        async with EventPersistenceManager(settings) as manager:
+            for _ in range(5):
+                manager.queue_event(make_event())
+            started = time.monotonic()
+            with pytest.raises(QueueFullError, match=r"for 0\.2 s"):
+                await asyncio.to_thread(manager.queue_event, make_event())
+            assert time.monotonic() - started >= 0.19
+            # once the writer makes room, a blocked producer goes through
+            blocked = asyncio.create_task(asyncio.to_thread(manager.queue_event, make_event()))
+            await asyncio.sleep(0.05)
+            await manager.flush()
+            assert await blocked is True
+            await manager.flush()
+            assert manager.get_stats()["total_stored"] == 6
+
+    run(scenario())
+
+
+def test_stats_keys(db_path: Path) -> None:
+    """get_stats has the seed's keys and the rates and counters CelFlow adds."""
+
+    async def scenario() -> dict[str, Any]:
+        async with EventPersistenceManager(config(db_path, batch_timeout=0.05)) as manager:
+            manager.queue_events_batch([make_event() for _ in range(50)])
+            await manager.flush()
+            return manager.get_stats()
+
+    stats = run(scenario())
+    for key in (
+        "total_stored",
+        "queue_size",
+        "duplicates",
+        "dropped",
+        "batches",
+        "last_flush",
+        "events_per_second",
+        "avg_batch_ms",
+        "healthy",
+    ):
+        assert key in stats
+    assert stats["total_stored"] == 50 and stats["database_stats"]["database_size_mb"] > 0
+    assert stats["database_stats"]["total_events"] == 50
+
+
+def test_retention_runs_at_start(db_path: Path) -> None:
+    """Background maintenance deletes events older than retention_days."""
+    now = time.time()
+    with EventDatabase(db_path) as db:
+        db.store_events_batch([make_event(timestamp=now - 3 * 86400), make_event(timestamp=now - 3600)])
+
+    async def scenario() -> None:
+        async with EventPersistenceManager(config(db_path, retention_days=2)) as manager:
+            await wait_until(lambda: manager.get_stats()["removed_by_retention"] == 1)
+            assert manager.get_stats()["database_stats"]["total_events"] == 1
+            assert await manager.run_maintenance() == 0
+
+    run(scenario())
+    with EventDatabase(db_path) as db:
+        assert db.count_events() == 1
+
+
+def test_retention_zero_keeps_everything(db_path: Path) -> None:
+    """retention_days = 0 means keep forever."""
+    with EventDatabase(db_path) as db:
+        db.store_event(make_event(timestamp=1000.0))
+
+    async def scenario() -> None:
+        async with EventPersistenceManager(config(db_path, retention_days=0)) as manager:
+            assert await manager.run_maintenance() == 0
+
+    run(scenario())
+    with EventDatabase(db_path) as db:
+        assert db.count_events() == 1
+
+
+def test_system_stats_snapshots(db_path: Path) -> None:
+    """The manager records system_stats snapshots every stats_interval seconds."""
+
+    async def scenario() -> None:
+        settings = {**config(db_path, batch_timeout=0.05), "stats_interval": 0.1}
+        async with EventPersistenceManager(settings) as manager:
+            manager.queue_events_batch([make_event() for _ in range(20)])
+            await manager.flush()
+            await wait_until(lambda: len(EventDatabase(db_path, readonly=True).get_system_stats()) >= 2)
+
+    run(scenario())
+    with EventDatabase(db_path) as db:
+        snap = db.get_system_stats()[0]
+        assert snap["total_events"] == 20 and snap["storage_mb"] > 0
+
+
+def test_full_durability_manager(db_path: Path) -> None:
+    """durability='full' stores the same way (with an fsync per batch)."""
+
+    async def scenario() -> list[int]:
+        async with EventPersistenceManager(config(db_path, durability="full")) as manager:
+            return await manager.store_events([make_event() for _ in range(5)])
+
+    assert len(run(scenario())) == 5

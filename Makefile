@@ -28,13 +28,13 @@ test: $(VENV)/.installed-test
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
 
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check src tests bench tools celflow.py
-	$(BIN)/ruff format --check src tests bench tools celflow.py
+	$(BIN)/ruff check src tests bench tools app celflow.py
+	$(BIN)/ruff format --check src tests bench tools app celflow.py
 	$(BIN)/mypy
 
 format: $(VENV)/.installed-test
-	$(BIN)/ruff format src tests bench tools celflow.py
-	$(BIN)/ruff check --fix src tests bench tools celflow.py
+	$(BIN)/ruff format src tests bench tools app celflow.py
+	$(BIN)/ruff check --fix src tests bench tools app celflow.py
 
 bench: $(VENV)/.installed
 	$(BIN)/python bench/ingest.py --events 200000

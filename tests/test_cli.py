@@ -196,3 +196,20 @@ def test_every_command_has_help_and_is_in_the_readme() -> None:
     for name in _commands(cli):
         assert main([*name.split(), "--help"]) == 0, name
         assert f"celflow {name}" in readme, f"README does not mention `celflow {name}`"
+
+
+def test_seed_python_snippet_runs_as_written(tmp_path: Path) -> None:
+    """The seed's troubleshooting snippet (`from app.system.event_persistence import EventDatabase`) works."""
+    snippet = (
+        "from app.system.event_persistence import EventDatabase\n"
+        "db = EventDatabase('data/events.db')\n"
+        "db.cleanup_old_events(7)  # Keep only 7 days\n"
+    )
+    with EventDatabase(tmp_path / "data" / "events.db") as db:
+        db.store_events_batch(
+            [{"event_type": "t", "source": "s", "timestamp": 1000.0}, {"event_type": "t", "source": "s"}]
+        )
+    result = run_cli(sys.executable, "-c", snippet, cwd=tmp_path, env={"PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr
+    with EventDatabase(tmp_path / "data" / "events.db") as db:
+        assert db.count_events() == 1

@@ -16,7 +16,7 @@ from typing import Any
 from ._config import Config, PersistenceConfig, parse_config
 from ._database import EventDatabase
 from ._encoding import EncodingOptions, prepare_batch, prepare_event
-from ._exceptions import ManagerStateError
+from ._exceptions import ManagerStateError, QueueFullError
 from ._types import EventQuery
 from ._writer import BatchWriter
 
@@ -167,7 +167,7 @@ class EventPersistenceManager:
         """Queue one event and return its id once committed."""
         ids = await self.store_events([event])
         if not ids:
-            raise ManagerStateError("the event was dropped by the overflow policy (queue full)")
+            raise QueueFullError("the event was dropped: the queue is full and overflow is 'drop'")
         return ids[0]
 
     # -- reading -------------------------------------------------------------------------------
@@ -196,6 +196,7 @@ class EventPersistenceManager:
             "total_stored": stored,
             "duplicates": writer.duplicates if writer else 0,
             "dropped": writer.dropped if writer else 0,
+            "lost": writer.lost if writer else 0,
             "queue_size": writer.queue_size if writer else 0,
             "max_queue_size": self.settings.max_queue_size,
             "batches": batches,

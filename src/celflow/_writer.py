@@ -17,7 +17,7 @@ from concurrent.futures import Future
 from typing import Any, Literal
 
 from ._encoding import Row
-from ._exceptions import CelflowError, ManagerStateError, PersistenceError, QueueFullError
+from ._exceptions import ManagerStateError, PersistenceError, QueueFullError
 from ._storage import EventStore
 
 __all__ = ["BatchWriter"]
@@ -81,6 +81,7 @@ class BatchWriter:
         self.stored = 0
         self.duplicates = 0
         self.dropped = 0
+        self.lost = 0  # accepted but never written (a batch that failed for good)
         self.batches = 0
         self.errors = 0
         self.last_error: str | None = None
@@ -237,16 +238,24 @@ class BatchWriter:
             try:
                 result = self.store.insert_events(rows, want_ids=want_ids) if rows else None
                 break
-            except PersistenceError as exc:
+            except PersistenceError as exc:  # I/O, disk full, locked: worth retrying
                 self.errors += 1
                 self.last_error = str(exc)
                 self.healthy = False
                 log.error("writing a batch of %d events failed, retrying in %.2f s: %s", len(rows), delay, exc)
-                if self._stopping and delay >= 5.0:
+                if self._stopping and delay >= 5.0:  # give up only when asked to stop
+                    self.lost += len(rows)
                     self._fail(items, exc)
                     return
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
+            except Exception as exc:  # a bug must not kill the writer and hang every flush(): logged below
+                self.errors += 1
+                self.lost += len(rows)
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("a batch of %d events could not be written and is lost", len(rows))
+                self._fail(items, exc)
+                return
         elapsed = time.monotonic() - started
         self.healthy = True
         if result is not None:
@@ -268,7 +277,7 @@ class BatchWriter:
                     ack.future.set_result(ack.ids)
             start += n
 
-    def _fail(self, items: list[_Item], exc: CelflowError) -> None:
+    def _fail(self, items: list[_Item], exc: Exception) -> None:
         for item in items:
             if item.ack is not None and not item.ack.future.done():
                 item.ack.future.set_exception(exc)

@@ -1,0 +1,1 @@
+"""The seed's import path, kept so its snippets run from the project folder (not installed)."""

@@ -1,0 +1,1 @@
+"""The seed's ``app.system`` package (a shim over :mod:`celflow`)."""

@@ -24,8 +24,9 @@ class WriterLock:
 
     def __init__(self, db_path: str) -> None:
         self.db_path = db_path
-        self.lock_path = db_path + ".lock"
-        self._key = os.path.realpath(self.lock_path)
+        # Beside the real file, so a symlink to the database cannot open a second writer.
+        self.lock_path = os.path.realpath(db_path) + ".lock"
+        self._key = self.lock_path
         self._held = False
 
     @property

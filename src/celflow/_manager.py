@@ -138,18 +138,12 @@ class EventPersistenceManager:
         when the queue stays full (overflow ``raise``, or ``block`` past ``queue_timeout``).
         """
         writer = self._running_writer()
-        row = prepare_event(event, self.options)
-        before = writer.dropped
-        writer.submit([row])
-        return writer.dropped == before
+        return writer.submit([prepare_event(event, self.options)])
 
     def queue_events_batch(self, events: Iterable[Mapping[str, Any]]) -> bool:
         """Validate and queue events, all or none (a bad one raises naming its index)."""
         writer = self._running_writer()
-        rows = prepare_batch(events, self.options)
-        before = writer.dropped
-        writer.submit(rows)
-        return writer.dropped == before
+        return writer.submit(prepare_batch(events, self.options))
 
     async def flush(self) -> None:
         """Return once everything queued before this call is committed."""
@@ -158,10 +152,10 @@ class EventPersistenceManager:
     async def store_events(self, events: Iterable[Mapping[str, Any]]) -> list[int]:
         """Queue events and return their ids once committed (duplicates get the stored id)."""
         writer = self._running_writer()
-        ack = writer.submit(prepare_batch(events, self.options), wait=True)
-        if ack is None:
+        future = writer.submit_awaited(prepare_batch(events, self.options))
+        if future is None:
             return []
-        return await asyncio.wrap_future(ack.future)
+        return await asyncio.wrap_future(future)
 
     async def store_event(self, event: Mapping[str, Any]) -> int:
         """Queue one event and return its id once committed."""

@@ -150,7 +150,13 @@ class SQLiteStore:
             _create_private(self.path)
         else:
             _inspect_existing(self.path)
-        conn = self._connection()
+        try:
+            self._check_and_migrate(self._connection())
+        except BaseException:
+            self.close()
+            raise
+
+    def _check_and_migrate(self, conn: sqlite3.Connection) -> None:
         try:
             app_id = conn.execute("PRAGMA application_id").fetchone()[0]
             version = conn.execute("PRAGMA user_version").fetchone()[0]

@@ -102,12 +102,17 @@ class BatchWriter:
         """Rows waiting for the writer."""
         return self._pending
 
-    def submit(self, rows: Sequence[Row], *, wait: bool = False) -> _Ack | None:
-        """Queue rows; with ``wait`` return an ack whose future resolves to their ids once committed.
+    def submit(self, rows: Sequence[Row]) -> bool:
+        """Queue rows; ``False`` if the overflow policy dropped them (counted in ``dropped``)."""
+        return self._enqueue(rows, wait=False)[0]
 
-        Applies the overflow policy when the queue is full; returns ``None`` for dropped rows too
-        (they are counted in ``dropped``).
-        """
+    def submit_awaited(self, rows: Sequence[Row]) -> Future[list[int]] | None:
+        """Queue rows; return a future of their ids once committed, or ``None`` if they were dropped."""
+        accepted, ack = self._enqueue(rows, wait=True)
+        return ack.future if accepted and ack is not None else None
+
+    def _enqueue(self, rows: Sequence[Row], *, wait: bool) -> tuple[bool, _Ack | None]:
+        """Apply the overflow policy, then queue ``rows`` in chunks of at most ``batch_size``."""
         size = self.batch_size
         chunks = [rows[i : i + size] for i in range(0, len(rows), size)] or [rows]
         ack = _Ack(len(rows), len(chunks)) if wait else None
@@ -118,7 +123,7 @@ class BatchWriter:
             if self._pending and self._pending + n > self.max_queue_size:
                 if self.overflow == "drop":
                     self.dropped += n
-                    return None
+                    return False, None
                 if self.overflow == "raise":
                     raise QueueFullError(self._full_message(n))
                 deadline = time.monotonic() + self.queue_timeout
@@ -138,7 +143,7 @@ class BatchWriter:
                 self._urgent += 1
             if was_empty or ack is not None or self._pending >= size:
                 self._has_work.notify()
-        return ack
+        return True, ack
 
     def _full_message(self, n: int) -> str:
         return (
@@ -148,9 +153,9 @@ class BatchWriter:
 
     def flush(self) -> Future[list[int]]:
         """A future that resolves once everything queued before this call is committed."""
-        ack = self.submit([], wait=True)
-        assert ack is not None
-        return ack.future
+        future = self.submit_awaited([])
+        assert future is not None  # an empty item always fits
+        return future
 
     def run_task(self, task: Task) -> Future[Any]:
         """Run ``task()`` on the writer thread; each ``next()`` of it is one step between batches.

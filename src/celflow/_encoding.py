@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import struct
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -217,28 +218,43 @@ def _check_name(event: Mapping[str, Any], field: str, *, required: bool) -> str 
     return value
 
 
+_ALLOWED_FIELDS = EVENT_FIELDS | OUTPUT_ONLY_FIELDS
+_pack_double = struct.Struct("<d").pack  # the timestamp's exact bits, for the hash
+_new_row = tuple.__new__  # builds a Row without NamedTuple's Python-level __new__ (hot path)
+
+
+def _name(event: Mapping[str, Any], field: str, *, required: bool) -> str | None:
+    """The fast check of a name field; the slow one, with the messages, only runs on bad input."""
+    value = event.get(field)
+    if type(value) is str and 0 < len(value) <= MAX_NAME_LENGTH:
+        return value
+    return _check_name(event, field, required=required)
+
+
 def prepare_event(
     event: Mapping[str, Any], options: EncodingOptions = DEFAULT_OPTIONS, *, now: float | None = None
 ) -> Row:
     """Validate one event dict and return its row; raise :class:`ValidationError` naming the field."""
-    if not isinstance(event, Mapping):
+    if type(event) is not dict and not isinstance(event, Mapping):  # the ABC check is slow; skip it for dicts
         raise ValidationError(f"an event must be a dict, not {type(event).__name__}")
-    unknown = event.keys() - EVENT_FIELDS - OUTPUT_ONLY_FIELDS
-    if unknown:
+    if not _ALLOWED_FIELDS.issuperset(event):
+        unknown = sorted(map(str, event.keys() - _ALLOWED_FIELDS))
         raise ValidationError(
-            f"unknown field(s) {', '.join(sorted(map(str, unknown)))}; an event has "
+            f"unknown field(s) {', '.join(unknown)}; an event has "
             f"{', '.join(sorted(EVENT_FIELDS))} (put anything else inside 'data')",
-            field=str(sorted(map(str, unknown))[0]),
+            field=unknown[0],
         )
-    event_type = _check_name(event, "event_type", required=True)
-    source = _check_name(event, "source", required=True)
-    action = _check_name(event, "action", required=False)
+    event_type = _name(event, "event_type", required=True)
+    source = _name(event, "source", required=True)
+    action = _name(event, "action", required=False) if event.get("action") is not None else None
     assert event_type is not None and source is not None
-    raw_ts = event.get("timestamp")
-    ts = (time.time() if now is None else now) if raw_ts is None else parse_timestamp(raw_ts)
-    data = event.get("data", {})
-    encoded = encode_data(data)
-    size = len(encoded) + len(event_type) + len(source) + len(action or "")
+    ts = event.get("timestamp")
+    if ts is None:
+        ts = time.time() if now is None else now
+    elif type(ts) is not float or not MIN_TIMESTAMP <= ts < MAX_TIMESTAMP:  # NaN fails the range too
+        ts = parse_timestamp(ts)
+    encoded = encode_data(event.get("data", {}))
+    size = len(encoded) + len(event_type) + len(source) + (len(action) if action else 0)
     if size > options.max_event_bytes:
         raise ValidationError(
             f"event is {size:,} bytes encoded; the limit is {options.max_event_bytes:,} bytes (max_event_bytes)",
@@ -253,13 +269,13 @@ def prepare_event(
             )
         digest = xxhash.xxh3_64_hexdigest(b"key\x00" + key.encode())
     else:
-        head = f"{event_type}\x00{source}\x00{action if action is not None else chr(1)}\x00{ts!r}\x00"
-        digest = xxhash.xxh3_64_hexdigest(head.encode() + encoded)
+        head = f"{event_type}\x00{source}\x00{action if action is not None else chr(1)}\x00"
+        digest = xxhash.xxh3_64_hexdigest(head.encode() + _pack_double(ts) + encoded)
     if len(encoded) > options.compression_threshold:
         packed = _zstd_compressor(options.compression_level).compress(encoded)
         if len(packed) < len(encoded):
-            return Row(ts, event_type, action, source, None, packed, digest)
-    return Row(ts, event_type, action, source, encoded.decode(), None, digest)
+            return _new_row(Row, (ts, event_type, action, source, None, packed, digest))
+    return _new_row(Row, (ts, event_type, action, source, encoded.decode(), None, digest))
 
 
 def prepare_batch(events: Iterable[Mapping[str, Any]], options: EncodingOptions = DEFAULT_OPTIONS) -> list[Row]:

@@ -48,6 +48,26 @@ class StoreContract:
         assert again.inserted == 2 and again.duplicates == 4
         assert again.ids is not None and again.ids[:4] == first.ids
 
+    def test_large_batch_with_scattered_duplicates(self, store: EventStore) -> None:
+        """A batch larger than one insert statement maps every row, duplicates included, to its id."""
+        batch = rows(700)
+        batch[300] = batch[10]
+        batch[650] = batch[299]
+        result = store.insert_events(batch)
+        assert result.inserted == 698 and result.duplicates == 2
+        ids = result.ids or []
+        assert ids[300] == ids[10] and ids[650] == ids[299]
+        assert len(set(ids)) == 698
+        stored = {e.id: e.timestamp for e in store.select_events(EventQuery(limit=None))[0]}
+        assert all(stored[i] == row.timestamp for i, row in zip(ids, batch, strict=True))
+
+    def test_created_at_is_the_storage_time(self, store: EventStore) -> None:
+        """created_at holds the UTC storage time in CURRENT_TIMESTAMP's format."""
+        store.insert_events(rows(1))
+        (event,), _ = store.select_events(EventQuery())
+        assert event.created_at is not None
+        assert abs(time.mktime(time.strptime(event.created_at, "%Y-%m-%d %H:%M:%S")) - time.mktime(time.gmtime())) < 5
+
     def test_empty_batch(self, store: EventStore) -> None:
         """An empty batch is a no-op."""
         assert store.insert_events([]).inserted == 0

@@ -19,6 +19,10 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@ $(VENV)/.installed
 
+$(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	touch $@ $(VENV)/.installed
+
 run: $(VENV)/.installed
 	$(BIN)/celflow run
 
@@ -36,10 +40,10 @@ format: $(VENV)/.installed-test
 	$(BIN)/ruff format src tests bench tools app celflow.py
 	$(BIN)/ruff check --fix src tests bench tools app celflow.py
 
-bench: $(VENV)/.installed
+bench: $(VENV)/.installed-bench
 	$(BIN)/python bench/ingest.py --events 200000
 
-bench-full: $(VENV)/.installed
+bench-full: $(VENV)/.installed-bench
 	$(BIN)/python bench/ingest.py --events 1000000
 
 clean:

@@ -133,6 +133,14 @@ class StoreContract:
         with pytest.raises(ValidationError):
             store.count_by("data_json; DROP TABLE events", EventQuery())
 
+    def test_histogram(self, store: EventStore) -> None:
+        """Counts per time bucket, oldest first, with filters."""
+        m0 = T0 - T0 % 3600  # an hour boundary
+        store.insert_events(rows(30, start=m0, step=10.0))  # 5 minutes, 6 events each
+        assert store.histogram(60.0, EventQuery()) == [(m0 + 60 * m, 6) for m in range(5)]
+        assert store.histogram(60.0, EventQuery(start_time=m0 + 90, end_time=m0 + 150)) == [(m0 + 60, 3), (m0 + 120, 3)]
+        assert store.histogram(3600.0, EventQuery(event_type="process")) == [(m0, 10)]
+
     def test_delete_before(self, store: EventStore) -> None:
         """Deleting before a cutoff removes exactly the older events, in chunks if asked."""
         store.insert_events(rows(10))

@@ -167,6 +167,20 @@ class EventDatabase:
         """Event counts per ``event_type``, ``source`` or ``action``, largest first."""
         return self.store.count_by(field, make_query(limit=None, **filters))
 
+    def histogram(self, bucket: float = 60.0, **filters: Any) -> list[tuple[float, int]]:
+        """Event counts per ``bucket`` seconds (e.g. 60: per-minute rates), oldest first.
+
+        Takes the filters of :meth:`get_events`; each pair is (bucket start time, count), and
+        buckets without events are left out.
+        """
+        if (
+            isinstance(bucket, bool)
+            or not isinstance(bucket, (int, float))
+            or not (math.isfinite(bucket) and bucket >= 1)
+        ):
+            raise ValidationError(f"bucket must be a number of seconds >= 1, got {bucket!r}", field="bucket")
+        return self.store.histogram(float(bucket), make_query(limit=None, **filters))
+
     def get_database_stats(self) -> dict[str, Any]:
         """Counts and sizes: total_events, database_size_mb, events_by_type, ..."""
         return self.store.stats()

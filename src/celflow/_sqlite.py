@@ -58,8 +58,7 @@ def _insert_sql(n: int) -> str:
     """
     created = _ROW_WIDTH * n + 1
     values = ",".join(
-        "(" + ",".join(f"?{_ROW_WIDTH * i + k}" for k in range(1, _ROW_WIDTH + 1)) + f",?{created})"
-        for i in range(n)
+        "(" + ",".join(f"?{_ROW_WIDTH * i + k}" for k in range(1, _ROW_WIDTH + 1)) + f",?{created})" for i in range(n)
     )
     return (
         "INSERT OR IGNORE INTO events (timestamp, event_type, action, source, data_json, data_compressed, "
@@ -78,6 +77,8 @@ def _statement_sizes(n: int, largest: int) -> Iterator[int]:
             yield size
             n -= size
         size //= 2
+
+
 _EVENT_COLUMNS = "id, timestamp, event_type, action, source, data_json, data_compressed, hash, processed, created_at"
 _GROUP_COLUMNS = {"event_type": "event_type", "source": "source", "action": "action"}
 
@@ -397,6 +398,15 @@ class SQLiteStore:
             f"SELECT {column}, count(*) AS n FROM events{where} GROUP BY {column} ORDER BY n DESC", params
         )
         return {(key if key is not None else ""): n for key, n in rows}
+
+    def histogram(self, bucket: float, query: EventQuery) -> list[tuple[float, int]]:
+        """Counts of matching events per time bucket of ``bucket`` seconds, oldest first (empty buckets left out)."""
+        where, params = self._where(msgspec.structs.replace(query, cursor=None))
+        rows = self._read(
+            f"SELECT CAST(timestamp / ? AS INTEGER) AS b, count(*) FROM events{where} GROUP BY b ORDER BY b",
+            [bucket, *params],
+        )
+        return [(b * bucket, n) for b, n in rows]
 
     def delete_before(self, cutoff: float, *, limit: int | None = None) -> int:
         """Delete events older than ``cutoff`` (at most ``limit`` of the oldest); return how many."""

@@ -37,6 +37,9 @@ class EventStore(Protocol):
     def count_by(self, field: str, query: EventQuery) -> dict[str, int]:
         """Counts per type, source or action."""
 
+    def histogram(self, bucket: float, query: EventQuery) -> list[tuple[float, int]]:
+        """Counts per time bucket, oldest first."""
+
     def delete_before(self, cutoff: float, *, limit: int | None = None) -> int:
         """Delete events older than ``cutoff``."""
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 
-__all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "migrate"]
+__all__ = ["APPLICATION_ID", "COUNTED_COLUMNS", "COUNT_NEW_EVENTS", "SCHEMA_VERSION", "migrate", "rebuild_counts"]
 
 #: ``PRAGMA application_id`` of a CelFlow database ("CELF").
 APPLICATION_ID = 0x43454C46
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _V1 = [
     """CREATE TABLE events (
@@ -60,13 +60,54 @@ _V1 = [
 ]
 
 
+# Version 2: per-minute event counts by type and by source, so counts and rates over long
+# windows read a few thousand rows instead of scanning millions. The writer adds each batch's
+# counts in its transaction; a trigger subtracts deleted rows, whoever deletes them.
+_V2 = [
+    """CREATE TABLE event_counts (
+        kind TEXT NOT NULL,
+        minute INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        n INTEGER NOT NULL,
+        PRIMARY KEY (kind, minute, name)
+    ) WITHOUT ROWID""",
+    """CREATE TRIGGER events_counts_delete AFTER DELETE ON events BEGIN
+        UPDATE event_counts SET n = n - 1
+            WHERE kind = 'event_type' AND minute = CAST(old.timestamp / 60 AS INTEGER) AND name = old.event_type;
+        UPDATE event_counts SET n = n - 1
+            WHERE kind = 'source' AND minute = CAST(old.timestamp / 60 AS INTEGER) AND name = old.source;
+    END""",
+]
+
+#: Adds the counts of the events with ``id > ?`` (one statement per kind; ``{column}`` is fixed text).
+COUNT_NEW_EVENTS = (
+    "INSERT INTO event_counts (kind, minute, name, n) "
+    "SELECT '{column}', CAST(timestamp / 60 AS INTEGER), {column}, count(*) FROM events WHERE id > ? "
+    "GROUP BY 2, 3 ON CONFLICT (kind, minute, name) DO UPDATE SET n = n + excluded.n"
+)
+COUNTED_COLUMNS = ("event_type", "source")
+
+
+def rebuild_counts(conn: sqlite3.Connection) -> None:
+    """Recount ``event_counts`` from the events table (inside the caller's transaction)."""
+    conn.execute("DELETE FROM event_counts")
+    for column in COUNTED_COLUMNS:
+        conn.execute(COUNT_NEW_EVENTS.format(column=column), (-1,))
+
+
 def _to_v1(conn: sqlite3.Connection) -> None:
     for statement in _V1:
         conn.execute(statement)
 
 
+def _to_v2(conn: sqlite3.Connection) -> None:
+    for statement in _V2:
+        conn.execute(statement)
+    rebuild_counts(conn)
+
+
 #: MIGRATIONS[n] takes a database from version n - 1 to version n.
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _to_v1}
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _to_v1, 2: _to_v2}
 
 
 def migrate(conn: sqlite3.Connection, current: int) -> None:

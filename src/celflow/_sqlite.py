@@ -308,6 +308,9 @@ class SQLiteStore:
             return InsertResult([] if want_ids else None, 0, 0)
         created_at = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())  # as CURRENT_TIMESTAMP writes it
         with self.transaction() as conn:
+            # New ids are above the sequence, not contiguous: an ignored duplicate uses up an id too.
+            seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+            first_new = (seq[0] if seq else 0) + 1
             before = conn.total_changes
             start = 0
             for size in _statement_sizes(len(rows), self._rows_per_statement):
@@ -316,19 +319,20 @@ class SQLiteStore:
                 conn.execute(_insert_sql(size), params)
                 start += size
             inserted = conn.total_changes - before
-            ids = self._resolve_ids(conn, rows, inserted) if want_ids else None
+            if inserted:
+                for column in _schema.COUNTED_COLUMNS:
+                    conn.execute(_schema.COUNT_NEW_EVENTS.format(column=column), (first_new - 1,))
+            ids = self._resolve_ids(conn, rows, inserted, first_new) if want_ids else None
         return InsertResult(ids, inserted, len(rows) - inserted)
 
     @staticmethod
-    def _resolve_ids(conn: sqlite3.Connection, rows: Sequence[Row], inserted: int) -> list[int]:
-        # Inside our transaction AUTOINCREMENT hands out consecutive ids in input order.
-        last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
-        if inserted == len(rows):
-            return list(range(last - inserted + 1, last + 1))
+    def _resolve_ids(conn: sqlite3.Connection, rows: Sequence[Row], inserted: int, first_new: int) -> list[int]:
+        if inserted == len(rows):  # nothing ignored: the ids are consecutive, in input order
+            return list(range(first_new, first_new + inserted))
         by_key: dict[tuple[float, str], int] = {}
         if inserted:
             for event_id, ts, digest in conn.execute(
-                "SELECT id, timestamp, hash FROM events WHERE id > ?", (last - inserted,)
+                "SELECT id, timestamp, hash FROM events WHERE id >= ?", (first_new,)
             ):
                 by_key[(ts, digest)] = event_id
         ids = []
@@ -385,6 +389,9 @@ class SQLiteStore:
 
     def count_events(self, query: EventQuery) -> int:
         """How many events match ``query`` (its order, limit and cursor are ignored)."""
+        counter = self._counter(query, None)
+        if counter is not None:
+            return sum(self._counted(query, *counter, group="all").values())
         where, params = self._where(msgspec.structs.replace(query, cursor=None))
         return int(self._read(f"SELECT count(*) FROM events{where}", params)[0][0])
 
@@ -393,6 +400,10 @@ class SQLiteStore:
         column = _GROUP_COLUMNS.get(field)
         if column is None:
             raise ValidationError(f"cannot group by {field!r}; use one of {', '.join(_GROUP_COLUMNS)}")
+        counter = self._counter(query, column)
+        if counter is not None:
+            counts = self._counted(query, *counter, group="name")
+            return dict(sorted(((k, n) for k, n in counts.items() if n > 0), key=lambda kv: -kv[1]))
         where, params = self._where(msgspec.structs.replace(query, cursor=None))
         rows = self._read(
             f"SELECT {column}, count(*) AS n FROM events{where} GROUP BY {column} ORDER BY n DESC", params
@@ -401,12 +412,82 @@ class SQLiteStore:
 
     def histogram(self, bucket: float, query: EventQuery) -> list[tuple[float, int]]:
         """Counts of matching events per time bucket of ``bucket`` seconds, oldest first (empty buckets left out)."""
+        counter = self._counter(query, None) if bucket % 60 == 0 else None
+        if counter is not None:
+            counts = self._counted(query, *counter, group="bucket", bucket=bucket)
+            return [(b * bucket, n) for b, n in sorted(counts.items()) if n > 0]
         where, params = self._where(msgspec.structs.replace(query, cursor=None))
         rows = self._read(
             f"SELECT CAST(timestamp / ? AS INTEGER) AS b, count(*) FROM events{where} GROUP BY b ORDER BY b",
             [bucket, *params],
         )
         return [(b * bucket, n) for b, n in rows]
+
+    # -- the per-minute counters (schema v2) ----------------------------------------------------
+
+    @staticmethod
+    def _counter(query: EventQuery, group: str | None) -> tuple[str, str | None] | None:
+        """``(kind, name)`` when the per-minute counters can answer ``query``; else None."""
+        if query.search is not None or query.action is not None:
+            return None
+        if query.event_type is not None and query.source is not None:
+            return None
+        if query.event_type is not None:
+            kind, name = "event_type", query.event_type
+        elif query.source is not None:
+            kind, name = "source", query.source
+        else:
+            kind, name = (group or "event_type"), None
+        if kind not in _schema.COUNTED_COLUMNS or (group is not None and group != kind):
+            return None
+        return kind, name
+
+    def _counted(
+        self, query: EventQuery, kind: str, name: str | None, *, group: str, bucket: float = 60.0
+    ) -> dict[Any, int]:
+        """Counts from whole minutes in the counters, plus the partial minutes at each end from events."""
+        start, end = query.start_time, query.end_time
+        m_lo = None if start is None else math.ceil(start / 60)
+        m_hi = None if end is None else math.floor(end / 60)
+        totals: dict[Any, int] = {}
+        edges: list[tuple[float | None, float | None]] = []
+        if m_lo is not None and m_hi is not None and m_lo > m_hi:
+            edges.append((start, end))  # inside one minute: nothing whole to read from the counters
+        else:
+            conditions: tuple[tuple[str, Any], ...] = (("name = ?", name), ("minute >= ?", m_lo), ("minute < ?", m_hi))
+            clauses = ["kind = ?"]
+            params: list[Any] = [kind]
+            for clause, value in conditions:
+                if value is not None:
+                    clauses.append(clause)
+                    params.append(value)
+            key = {"name": "name", "bucket": "CAST(minute * 60 / ? AS INTEGER)", "all": "0"}[group]
+            key_params: list[Any] = [bucket] if group == "bucket" else []
+            sql = f"SELECT {key}, sum(n) FROM event_counts WHERE {' AND '.join(clauses)} GROUP BY 1"
+            for k, n in self._read(sql, key_params + params):
+                totals[k] = totals.get(k, 0) + n
+            if m_lo is not None and start is not None and m_lo * 60 > start:
+                edges.append((start, m_lo * 60))
+            if m_hi is not None and end is not None and m_hi * 60 < end:
+                edges.append((m_hi * 60, end))
+        key = {"name": kind, "bucket": "CAST(timestamp / ? AS INTEGER)", "all": "0"}[group]
+        key_params = [bucket] if group == "bucket" else []
+        for lo, hi in edges:
+            edge: tuple[tuple[str, Any], ...] = (("timestamp >= ?", lo), ("timestamp < ?", hi), (f"{kind} = ?", name))
+            clauses, params = [], []
+            for clause, value in edge:
+                if value is not None:
+                    clauses.append(clause)
+                    params.append(value)
+            where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+            for k, n in self._read(f"SELECT {key}, count(*) FROM events{where} GROUP BY 1", key_params + params):
+                totals[k] = totals.get(k, 0) + n
+        return totals
+
+    def rebuild_counts(self) -> None:
+        """Recount the per-minute counters from the events (after rows were added by hand)."""
+        with self.transaction() as conn:
+            _schema.rebuild_counts(conn)
 
     def delete_before(self, cutoff: float, *, limit: int | None = None) -> int:
         """Delete events older than ``cutoff`` (at most ``limit`` of the oldest); return how many."""
@@ -431,15 +512,15 @@ class SQLiteStore:
         with self._write_lock, self._translate():
             # executescript steps the pragma to the end; execute() would free a single page.
             conn.executescript(f"PRAGMA incremental_vacuum({int(vacuum_pages)});")
+            conn.execute("DELETE FROM event_counts WHERE n <= 0")
             conn.execute("PRAGMA optimize")
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
             return int(conn.execute("PRAGMA freelist_count").fetchone()[0])
 
     def stats(self) -> dict[str, Any]:
         """Sizes and counts of the database (the seed's ``get_database_stats``)."""
-        total, oldest, newest, compressed = self._read(
-            "SELECT count(*), min(timestamp), max(timestamp), count(data_compressed) FROM events"
-        )[0]
+        oldest, newest = self._read("SELECT min(timestamp), max(timestamp) FROM events")[0]
+        by_type = self.count_by("event_type", EventQuery())
         page_size = self._read("PRAGMA page_size")[0][0]
         page_count = self._read("PRAGMA page_count")[0][0]
         freelist = self._read("PRAGMA freelist_count")[0][0]
@@ -448,11 +529,10 @@ class SQLiteStore:
         return {
             "database_path": self.path,
             "schema_version": _schema.SCHEMA_VERSION,
-            "total_events": total,
+            "total_events": sum(by_type.values()),
             "oldest_event": oldest,
             "newest_event": newest,
-            "compressed_events": compressed,
-            "events_by_type": self.count_by("event_type", EventQuery()),
+            "events_by_type": by_type,
             "events_by_source": self.count_by("source", EventQuery()),
             "total_patterns": self._read("SELECT count(*) FROM patterns")[0][0],
             "total_system_stats": self._read("SELECT count(*) FROM system_stats")[0][0],

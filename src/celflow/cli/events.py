@@ -105,7 +105,6 @@ def stats(state: State, db: Path | None, as_json: bool) -> None:
     summary.add_row("events", f"{info['total_events']:,}")
     summary.add_row("oldest", _when(info["oldest_event"]))
     summary.add_row("newest", _when(info["newest_event"]))
-    summary.add_row("compressed events", f"{info['compressed_events']:,}")
     summary.add_row("patterns", f"{info['total_patterns']:,}")
     summary.add_row("system stats rows", f"{info['total_system_stats']:,}")
     summary.add_row("database size", f"{info['database_size_mb']:.2f} MB (WAL {info['wal_size_mb']:.2f} MB)")

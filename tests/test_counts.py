@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -15,20 +16,30 @@ from celflow._schema import _V1, APPLICATION_ID
 
 BASE = 1_700_000_000.0 - 1_700_000_000.0 % 60  # a minute boundary
 
-events_strategy = st.lists(
-    st.fixed_dictionaries(
+TYPES, SOURCES, ACTIONS = ["file_op", "app_focus", "process"], ["fs", "window", "proc", "browser"], [None, "a"]
+
+
+def _spread(seed: int, n: int) -> list[dict[str, Any]]:
+    """``n`` events spread evenly at random over ten minutes (hypothesis alone clusters them near 0)."""
+    rng = random.Random(seed)
+    return [
         {
-            "event_type": st.sampled_from(["file_op", "app_focus", "process"]),
-            "source": st.sampled_from(["fs", "window", "proc", "browser"]),
-            "action": st.sampled_from([None, "a", "b"]),
-            "timestamp": st.floats(min_value=BASE, max_value=BASE + 600).map(lambda t: round(t, 2)),
-            "data": st.integers(0, 3).map(lambda i: {"i": i}),
+            "event_type": rng.choice(TYPES),
+            "source": rng.choice(SOURCES),
+            "action": rng.choice(ACTIONS),
+            "timestamp": BASE + round(rng.uniform(0, 600), 2),
+            "data": {"i": rng.randrange(4)},
         }
-    ),
-    max_size=120,
-)
+        for _ in range(n)
+    ]
+
+
+events_strategy = st.builds(_spread, st.integers(0, 2**32), st.integers(0, 300))
 bound = (
-    st.none() | st.floats(min_value=BASE - 30, max_value=BASE + 630) | st.integers(0, 11).map(lambda m: BASE + 60 * m)
+    st.none()
+    | st.floats(min_value=BASE - 30, max_value=BASE + 630)
+    | st.integers(0, 11).map(lambda m: BASE + 60 * m)
+    | st.builds(lambda m, f: BASE + 60 * m + f, st.integers(0, 10), st.floats(0, 3))  # just past a minute
 )
 
 
@@ -54,7 +65,7 @@ def _where(start: float | None, end: float | None, extra: str = "", value: Any =
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     batches=st.lists(events_strategy, min_size=1, max_size=3),
     cutoff=st.none() | st.floats(min_value=BASE, max_value=BASE + 600),

@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import hashlib
+import json
+import math
 import os
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
-__all__ = ["MemorySampler", "inspect_database", "remove_database", "rss_anon_mib", "table"]
+import orjson
+
+__all__ = [
+    "DistinctCounter",
+    "MemorySampler",
+    "database_bytes",
+    "inspect_database",
+    "percentile",
+    "remove_database",
+    "rss_anon_mib",
+    "table",
+]
 
 
 def rss_anon_mib() -> float:
@@ -37,6 +53,10 @@ class MemorySampler:
         while not self._stop.wait(self.interval):
             self.peak = max(self.peak, rss_anon_mib())
 
+    def rebase(self) -> None:
+        """Make now the idle baseline (e.g. once the manager runs and the first chunk is built)."""
+        self.before = self.peak = rss_anon_mib()
+
     def __enter__(self) -> MemorySampler:
         self.before = self.peak = rss_anon_mib()
         self._thread.start()
@@ -57,8 +77,46 @@ def inspect_database(path: str) -> tuple[int, int]:
         stored = conn.execute("SELECT count(*) FROM events").fetchone()[0]
     finally:
         conn.close()
+    return stored, database_bytes(path)
+
+
+def database_bytes(path: str) -> int:
+    """The database file and its WAL, in bytes, as they are now (no checkpoint)."""
     wal = path + "-wal"
-    return stored, os.path.getsize(path) + (os.path.getsize(wal) if os.path.exists(wal) else 0)
+    return os.path.getsize(path) + (os.path.getsize(wal) if os.path.exists(wal) else 0)
+
+
+class DistinctCounter:
+    """Distinct events by content (a digest of canonical JSON, independent of CelFlow's hashing).
+
+    Also sums the size of the distinct events as JSON Lines (``json.dumps`` and a newline). The
+    workload repeats only recent events, so remembering the last ``window`` digests is enough.
+    """
+
+    def __init__(self, window: int = 10_000) -> None:
+        self.window = window
+        self.distinct = self.duplicates = self.jsonl_bytes = 0
+        self._seen: set[bytes] = set()
+        self._order: collections.deque[bytes] = collections.deque()
+
+    def add(self, events: Iterable[dict[str, Any]]) -> None:
+        for event in events:
+            digest = hashlib.blake2b(orjson.dumps(event, option=orjson.OPT_SORT_KEYS), digest_size=16).digest()
+            if digest in self._seen:
+                self.duplicates += 1
+                continue
+            self._seen.add(digest)
+            self._order.append(digest)
+            if len(self._order) > self.window:
+                self._seen.discard(self._order.popleft())
+            self.distinct += 1
+            self.jsonl_bytes += len(json.dumps(event).encode()) + 1
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The nearest-rank ``q``-th percentile (0 < q <= 100) of ``values``."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
 
 
 def remove_database(path: str) -> None:

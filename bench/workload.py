@@ -3,7 +3,8 @@
 Events are dicts in CelFlow's input shape (``event_type``, ``source``, ``action``, ``timestamp``,
 ``data``). The mix: 8 event types from 20 sources, a median ``data`` of ~300 bytes of JSON,
 ~5% large events (2-8 KB of repetitive clipboard or log text), ~1% exact duplicates of a recent
-event (the same dict object, which CelFlow's dedup drops), and timestamps spread over
+event (the same dict object, which CelFlow's dedup drops), a rare word (:data:`RARE_WORD`) in about
+one event in 100,000, and timestamps spread over
 :data:`SPAN_DAYS` days ending at ``end``, increasing with a little capture jitter.
 """
 
@@ -17,13 +18,17 @@ from typing import Any
 
 from celflow import prepare_event
 
-__all__ = ["SOURCES", "SPAN_DAYS", "encode_rows", "generate", "iter_events"]
+__all__ = ["RARE_WORD", "SOURCES", "SPAN_DAYS", "encode_rows", "generate", "iter_events"]
 
 #: Days covered by a workload: below CelFlow's default retention (30 days), so nothing expires.
 SPAN_DAYS = 21
 LARGE_FRACTION = 0.05
 DUPLICATE_FRACTION = 0.01
 JITTER_FRACTION = 0.03  # events captured slightly out of order (a second or two late)
+#: A word in about one event in :data:`RARE_EVERY` (chosen by position, so the random stream, and
+#: every other event, is the same as without it): what a search for a rare word finds.
+RARE_WORD = "quetzalcoatl"
+RARE_EVERY = 100_003
 
 #: event type -> (weight, sources, actions)
 EVENT_TYPES: dict[str, tuple[float, tuple[str, ...], tuple[str, ...]]] = {
@@ -160,6 +165,8 @@ def _data(rng: random.Random, event_type: str, action: str, ts: float, seq: int)
             "backspace_ratio": round(rng.random() * 0.3, 3),
         }
     data["context"] = {**_CONTEXT, "session": f"s{seq // 5000:05d}", "seq": seq}
+    if seq % RARE_EVERY == RARE_EVERY // 2:
+        data["note"] = f"mentions {RARE_WORD} once"
     return data
 
 

@@ -43,7 +43,7 @@ class PersistenceConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     #: ``normal``: survives a crash of CelFlow; ``full``: also a power loss (fsync per batch).
     durability: Literal["normal", "full"] = "normal"
     #: Events that may wait in memory for the writer.
-    max_queue_size: Annotated[int, Meta(ge=1)] = 100_000
+    max_queue_size: Annotated[int, Meta(ge=1)] = 20_000
     #: What a full queue does to a producer: wait (up to queue_timeout, then raise), drop, raise.
     overflow: Literal["block", "drop", "raise"] = "block"
     queue_timeout: Annotated[float, Meta(ge=0)] = 5.0

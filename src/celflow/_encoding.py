@@ -120,8 +120,9 @@ def encode_data(data: object) -> bytes:
         if "Recursion" in message:
             raise ValidationError("data is nested more than 254 levels deep", field="data") from None
         raise ValidationError(_describe_non_json(data, "data") or message, field="data") from None
-    # orjson writes NaN and infinities as null; null is rare enough to check only then.
-    if b"null" in out and not _all_finite(data):
+    # orjson writes NaN and infinities as null; null is rare enough to check only then, with the
+    # standard library's C encoder, which refuses them.
+    if b"null" in out and not _all_finite_fast(data):
         raise ValidationError(
             f"{_find_non_finite(data, 'data')} is not a finite number (JSON has no NaN/Infinity)",
             field="data",
@@ -141,6 +142,14 @@ def _encode_stdlib(data: object) -> bytes:
     except (TypeError, RecursionError) as exc:
         raise ValidationError(_describe_non_json(data, "data") or str(exc), field="data") from None
     return text.encode()
+
+
+def _all_finite_fast(value: object) -> bool:
+    try:
+        json.dumps(value, allow_nan=False)
+    except ValueError:
+        return False
+    return True
 
 
 def _all_finite(value: object) -> bool:
@@ -223,14 +232,6 @@ _pack_double = struct.Struct("<d").pack  # the timestamp's exact bits, for the h
 _new_row = tuple.__new__  # builds a Row without NamedTuple's Python-level __new__ (hot path)
 
 
-def _name(event: Mapping[str, Any], field: str, *, required: bool) -> str | None:
-    """The fast check of a name field; the slow one, with the messages, only runs on bad input."""
-    value = event.get(field)
-    if type(value) is str and 0 < len(value) <= MAX_NAME_LENGTH:
-        return value
-    return _check_name(event, field, required=required)
-
-
 def prepare_event(
     event: Mapping[str, Any], options: EncodingOptions = DEFAULT_OPTIONS, *, now: float | None = None
 ) -> Row:
@@ -244,9 +245,16 @@ def prepare_event(
             f"{', '.join(sorted(EVENT_FIELDS))} (put anything else inside 'data')",
             field=unknown[0],
         )
-    event_type = _name(event, "event_type", required=True)
-    source = _name(event, "source", required=True)
-    action = _name(event, "action", required=False) if event.get("action") is not None else None
+    # Inline fast checks; the slow ones, with the messages, only run on bad input.
+    event_type = event.get("event_type")
+    if type(event_type) is not str or not 0 < len(event_type) <= MAX_NAME_LENGTH:
+        event_type = _check_name(event, "event_type", required=True)
+    source = event.get("source")
+    if type(source) is not str or not 0 < len(source) <= MAX_NAME_LENGTH:
+        source = _check_name(event, "source", required=True)
+    action = event.get("action")
+    if action is not None and (type(action) is not str or len(action) > MAX_NAME_LENGTH):
+        action = _check_name(event, "action", required=False)
     assert event_type is not None and source is not None
     ts = event.get("timestamp")
     if ts is None:

@@ -58,7 +58,7 @@ class BatchWriter:
         *,
         batch_size: int = 100,
         batch_timeout: float = 5.0,
-        max_queue_size: int = 100_000,
+        max_queue_size: int = 20_000,
         overflow: Overflow = "block",
         queue_timeout: float = 5.0,
     ) -> None:

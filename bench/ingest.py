@@ -1,129 +1,80 @@
-"""Ingest benchmark: CelFlow's write paths against raw ``sqlite3.executemany`` of the same rows.
+"""Ingest figures: the raw ``sqlite3`` baseline and CelFlow's write paths.
 
-Every run writes the whole workload into a fresh database in a temporary folder, checks that the
-stored count equals the number of distinct events, and records the time, the bytes per event on
-disk and the anonymous memory (RssAnon). Repeats go round-robin over the figures; the table shows
-medians. Run ``python bench/ingest.py --help`` for the options.
+The two big runs (:func:`run_baseline`, :func:`run_sustained`) take a :class:`Workload` and time
+each slice of it (5% by default) for the growth curve. A streamed workload is generated a chunk at
+a time with the clock stopped, so 10 M events never sit in memory; every timed chunk ends with a
+flush, so what is timed is committed. The other figures take a list of events.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
-import hashlib
-import json
-import os
-import platform
+import itertools
 import sqlite3
-import statistics
-import sys
-import tempfile
 import time
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-import orjson
-
-import celflow
-from _util import MemorySampler, inspect_database, remove_database, rss_anon_mib, table
-from celflow import EventDatabase, create_event_persistence
-from celflow._schema import _V1
+from _util import DistinctCounter, MemorySampler, database_bytes, rss_anon_mib
+from celflow import _schema, create_event_persistence
 from celflow._sqlite import _INSERT, MMAP_SIZE
-from workload import encode_rows, generate
+from workload import encode_rows, generate, iter_events
 
 BATCH = 1000  # events per call (and per baseline transaction)
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+CHUNK = 50_000  # events of a streamed workload generated at a time
 
 Events = Sequence[dict[str, Any]]
-Rows = Sequence[tuple[Any, ...]]
 
 
-def run_baseline(path: str, events: Events, rows: Rows) -> float:
-    """Pre-encoded rows, ``INSERT OR IGNORE`` via ``executemany``, one transaction per 1000 rows."""
-    conn = sqlite3.connect(path, isolation_level=None)
-    for pragma in ("auto_vacuum = INCREMENTAL", "journal_mode = WAL", "synchronous = NORMAL"):
-        conn.execute(f"PRAGMA {pragma}")
-    conn.execute(f"PRAGMA mmap_size = {MMAP_SIZE}")
-    conn.execute("PRAGMA cache_size = -16384")
-    conn.execute("PRAGMA temp_store = MEMORY")
-    for statement in _V1:
-        conn.execute(statement)
-    started = time.perf_counter()
-    for i in range(0, len(rows), BATCH):
-        conn.execute("BEGIN IMMEDIATE")
-        conn.executemany(_INSERT, rows[i : i + BATCH])
-        conn.execute("COMMIT")
-    conn.close()
-    return time.perf_counter() - started
+class Workload:
+    """The first ``n`` events of ``iter_events(n, seed=seed, end=end)``: a list, or streamed in chunks."""
 
+    def __init__(self, n: int, *, seed: int, end: float, prebuilt: bool) -> None:
+        self.n, self.seed, self.end = n, seed, end
+        self.events: list[dict[str, Any]] | None = generate(n, seed=seed, end=end) if prebuilt else None
+        self.counter: DistinctCounter | None = None  # filled by the first pass
+        if self.events is not None:
+            self._count(self.events)
 
-def run_db_batch(path: str, events: Events, rows: Rows) -> float:
-    """``EventDatabase.store_events_batch`` with 1000 events a call (validation and encoding included)."""
-    db = EventDatabase(path)
-    started = time.perf_counter()
-    ids: set[int] = set()
-    for i in range(0, len(events), BATCH):
-        ids.update(db.store_events_batch(events[i : i + BATCH]))
-    db.close()
-    elapsed = time.perf_counter() - started
-    _check(len(ids), _distinct(events), "distinct ids returned by store_events_batch")
-    return elapsed
+    def _count(self, events: Events) -> None:
+        counter = DistinctCounter()
+        counter.add(events)
+        self.counter = counter
 
+    @property
+    def distinct(self) -> int:
+        assert self.counter is not None, "no pass over the workload yet"
+        return self.counter.distinct
 
-async def _manager(path: str, events: Events, batch_size: int, per_event: bool) -> float:
-    manager = create_event_persistence({"database_path": path, "batch_size": batch_size})
-    started = time.perf_counter()
-    await manager.start()
-    accepted = True
-    if per_event:
-        for i, event in enumerate(events):
-            accepted &= manager.queue_event(event)
-            if i % BATCH == BATCH - 1:
-                await asyncio.sleep(0)  # a well-behaved producer lets the event loop run
-    else:
-        for i in range(0, len(events), BATCH):
-            accepted &= manager.queue_events_batch(events[i : i + BATCH])
-            await asyncio.sleep(0)
-    await manager.flush()
-    stats = manager.get_stats()
-    await manager.stop()
-    elapsed = time.perf_counter() - started
-    distinct = _distinct(events)
-    if not accepted:
-        raise SystemExit("CORRECTNESS FAILURE: the manager dropped events (overflow policy)")
-    _check(stats["total_stored"], distinct, "events the writer reports stored")
-    _check(stats["duplicates"], len(events) - distinct, "duplicates the writer reports")
-    return elapsed
+    def bounds(self, parts: int) -> list[int]:
+        """Event counts at the end of each of ``parts`` slices (0 first)."""
+        return [round(self.n * k / parts) for k in range(parts + 1)]
 
+    def chunks(self, parts: int) -> Iterator[tuple[int, list[dict[str, Any]], bool]]:
+        """``(slice, events, last chunk of the slice)``; a chunk never straddles two slices.
 
-def manager_runner(batch_size: int, *, per_event: bool = False) -> Callable[[str, Events, Rows], float]:
-    """A run of ``EventPersistenceManager`` with ``batch_size``, queueing batches or single events."""
-    return lambda path, events, rows: asyncio.run(_manager(path, events, batch_size, per_event))
-
-
-#: key -> (label, runner)
-FIGURES: dict[str, tuple[str, Callable[[str, Events, Rows], float]]] = {
-    "baseline": ("sqlite3 executemany, pre-encoded (baseline)", run_baseline),
-    "db_batch": ("EventDatabase.store_events_batch(1000)", run_db_batch),
-    "mgr_b100": ("manager.queue_events_batch(1000), batch_size=100", manager_runner(100)),
-    "mgr_b1000": ("manager.queue_events_batch(1000), batch_size=1000", manager_runner(1000)),
-    "mgr_single": ("manager.queue_event x1, batch_size=1000", manager_runner(1000, per_event=True)),
-}
-
-_distinct_cache: dict[int, int] = {}
-
-
-def _distinct(events: Events) -> int:
-    """Distinct events by content (canonical JSON), independent of CelFlow's hashing."""
-    key = id(events)
-    if key not in _distinct_cache:
-        digests = {
-            hashlib.blake2b(orjson.dumps(e, option=orjson.OPT_SORT_KEYS), digest_size=16).digest() for e in events
-        }
-        _distinct_cache[key] = len(digests)
-    return _distinct_cache[key]
+        The caller must drop its reference to a chunk before asking for the next one.
+        """
+        counter = DistinctCounter() if self.counter is None else None
+        source = iter(iter_events(self.n, seed=self.seed, end=self.end)) if self.events is None else None
+        bounds = self.bounds(parts)
+        for part in range(parts):
+            for lo in range(bounds[part], bounds[part + 1], CHUNK):
+                hi = min(lo + CHUNK, bounds[part + 1])
+                if source is None:
+                    assert self.events is not None
+                    chunk = self.events[lo:hi]
+                else:
+                    chunk = list(itertools.islice(source, hi - lo))
+                    gc.collect()
+                    gc.freeze()  # the harness's heap: keep it out of the collector's scans while timing
+                if counter is not None:
+                    counter.add(chunk)
+                yield part, chunk, hi == bounds[part + 1]
+                del chunk
+        if counter is not None:
+            self.counter = counter
 
 
 def _check(got: int, want: int, what: str) -> None:
@@ -131,136 +82,134 @@ def _check(got: int, want: int, what: str) -> None:
         raise SystemExit(f"CORRECTNESS FAILURE: {what}: got {got:,}, expected {want:,}")
 
 
-def measure(key: str, workdir: str, events: Events, rows: Rows) -> dict[str, float]:
-    """One run of a figure in a fresh database; fails loudly when the stored count is wrong."""
-    path = os.path.join(workdir, f"{key}.db")
-    remove_database(path)
-    gc.collect()
-    with MemorySampler() as mem:
-        seconds = FIGURES[key][1](path, events, rows)
-    stored, size = inspect_database(path)
-    remove_database(path)
-    _check(stored, _distinct(events), f"{key}: events in the database")
+def _slice_result(workload: Workload, parts: int, seconds: list[float], sizes: list[int]) -> dict[str, Any]:
+    bounds = workload.bounds(parts)
     return {
-        "seconds": seconds,
-        "events_per_s": len(events) / seconds,
-        "bytes_per_event": size / stored,
-        "rss_before_mib": mem.before,
-        "rss_peak_mib": mem.peak,
-        "rss_after_mib": mem.after,
+        "seconds": sum(seconds),
+        "events_per_s": workload.n / sum(seconds),
+        "slices": [
+            {"events": bounds[k + 1], "seconds": seconds[k], "rate": (bounds[k + 1] - bounds[k]) / seconds[k]}
+            | ({"db_bytes": sizes[k]} if sizes else {})
+            for k in range(parts)
+        ],
     }
 
 
-def jsonl_bytes(events: Events) -> int:
-    """Bytes of the distinct events as JSON Lines, one ``json.dumps`` (and a newline) per event."""
-    seen: set[int] = set()
-    total = 0
-    for event in events:
-        if id(event) not in seen:  # the workload's duplicates are the same dict objects
-            seen.add(id(event))
-            total += len(json.dumps(event).encode()) + 1
-    return total
+def tail_ratio(run: dict[str, Any], fraction: float = 0.1) -> float:
+    """Rate over the last ``fraction`` of the events / rate over the first ``fraction``."""
+    slices = run["slices"]
+    k = max(1, round(len(slices) * fraction))
+    starts = [0] + [s["events"] for s in slices]
+
+    def rate(part: list[dict[str, Any]], lo: int, hi: int) -> float:
+        return (starts[hi] - starts[lo]) / sum(s["seconds"] for s in part)
+
+    return rate(slices[-k:], len(slices) - k, len(slices)) / rate(slices[:k], 0, k)
 
 
-def summarise(runs: dict[str, list[dict[str, float]]], jsonl_per_event: float) -> list[list[str]]:
-    """The table's rows: medians over repeats, ratios to the baseline's median."""
-    base = statistics.median(r["events_per_s"] for r in runs["baseline"]) if "baseline" in runs else None
-    rows = []
-    for key, results in runs.items():
-        rate = statistics.median(r["events_per_s"] for r in results)
-        per_event = statistics.median(r["bytes_per_event"] for r in results)
-        growth = max(r["rss_peak_mib"] - r["rss_before_mib"] for r in results)
-        rows.append(
-            [
-                FIGURES[key][0],
-                f"{rate:,.0f}",
-                f"{rate / base:.2f}x" if base else "-",
-                f"{statistics.median(r['seconds'] for r in results):.2f}",
-                f"{per_event:,.1f}",
-                f"{per_event / jsonl_per_event:.2f}",
-                f"+{growth:,.0f}",
-            ]
-        )
-    return rows
+def run_baseline(path: str, workload: Workload, parts: int) -> dict[str, Any]:
+    """Pre-encoded rows, ``INSERT OR IGNORE`` via ``executemany``, one transaction per 1000 rows.
+
+    CelFlow's schema (every migration) and pragmas; encoding the rows is not timed.
+    """
+    conn = sqlite3.connect(path, isolation_level=None)
+    for pragma in ("auto_vacuum = INCREMENTAL", "journal_mode = WAL", "synchronous = NORMAL"):
+        conn.execute(f"PRAGMA {pragma}")
+    conn.execute(f"PRAGMA mmap_size = {MMAP_SIZE}")
+    conn.execute("PRAGMA cache_size = -16384")
+    conn.execute("PRAGMA temp_store = MEMORY")
+    _schema.migrate(conn, 0)
+    seconds = [0.0] * parts
+    for part, chunk, _ in workload.chunks(parts):
+        rows = encode_rows(chunk)
+        del chunk
+        started = time.perf_counter()
+        for i in range(0, len(rows), BATCH):
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(_INSERT, rows[i : i + BATCH])
+            conn.execute("COMMIT")
+        seconds[part] += time.perf_counter() - started
+        del rows
+    conn.close()
+    return _slice_result(workload, parts, seconds, [])
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    """The command line."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=200_000, help="events per run (default 200000)")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per figure; the median is shown (default 3)")
-    parser.add_argument("--quick", action="store_true", help="a smoke test: 20000 events, 1 repeat")
-    parser.add_argument("--seed", type=int, default=42, help="workload seed (default 42)")
-    parser.add_argument(
-        "--only", help=f"comma-separated figures to run (default all): {','.join(FIGURES)}", default=",".join(FIGURES)
-    )
-    parser.add_argument(
-        "--json-out", metavar="PATH", help="write the results as JSON (a bare name goes to bench/results/)"
-    )
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.events, args.repeats = 20_000, 1
-    args.only = [k.strip() for k in args.only.split(",") if k.strip()]
-    unknown = set(args.only) - set(FIGURES)
-    if unknown or not args.only or args.events < 1 or args.repeats < 1:
-        parser.error(f"--only takes {','.join(FIGURES)}; --events and --repeats must be >= 1")
-    return args
+async def _sustained(path: str, workload: Workload, parts: int, batch_size: int, mem: MemorySampler) -> dict[str, Any]:
+    manager = create_event_persistence({"database_path": path, "batch_size": batch_size})
+    await manager.start()
+    seconds, sizes, rss = [0.0] * parts, [], []
+    accepted, first = True, True
+    for part, chunk, last in workload.chunks(parts):
+        if first:  # idle baseline: the manager running, the first chunk built, nothing queued
+            mem.rebase()
+            first = False
+        started = time.perf_counter()
+        for i in range(0, len(chunk), BATCH):
+            accepted &= manager.queue_events_batch(chunk[i : i + BATCH])
+            await asyncio.sleep(0)  # a well-behaved producer lets the event loop run
+        await manager.flush()
+        seconds[part] += time.perf_counter() - started
+        del chunk
+        if last:
+            sizes.append(database_bytes(path))
+            rss.append(rss_anon_mib())
+    stats = manager.get_stats()
+    await manager.stop()
+    if not accepted:
+        raise SystemExit("CORRECTNESS FAILURE: the manager dropped events (overflow policy)")
+    _check(stats["total_stored"], workload.distinct, "events the writer reports stored")
+    _check(stats["duplicates"], workload.n - workload.distinct, "duplicates the writer reports")
+    result = _slice_result(workload, parts, seconds, sizes)
+    for s, mib in zip(result["slices"], rss, strict=True):
+        s["rss_anon_mib"] = mib
+    return result
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Generate the workload, run every figure ``--repeats`` times, print the table."""
-    args = parse_args(argv)
+def run_sustained(path: str, workload: Workload, parts: int, batch_size: int) -> dict[str, Any]:
+    """``queue_events_batch`` of 1000 events, a flush per chunk; RssAnon growth over the idle manager."""
+    with MemorySampler() as mem:
+        result = asyncio.run(_sustained(path, workload, parts, batch_size, mem))
+    result["rss_growth_mib"] = mem.peak - mem.before
+    return result
+
+
+async def _single(path: str, events: Events, batch_size: int) -> float:
+    manager = create_event_persistence({"database_path": path, "batch_size": batch_size})
+    await manager.start()
+    accepted = True
     started = time.perf_counter()
-    events = generate(args.events, seed=args.seed)
-    rows = encode_rows(events) if "baseline" in args.only else []
-    distinct = _distinct(events)
-    jsonl_per_event = jsonl_bytes(events) / distinct
-    gc.freeze()  # the workload is the harness's heap, not CelFlow's: keep it out of the collector's scans
-    print(
-        f"CelFlow {celflow.__version__}, Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, "
-        f"{os.cpu_count()} CPUs; workload: {args.events:,} events ({distinct:,} distinct), seed {args.seed}, "
-        f"built in {time.perf_counter() - started:.1f} s; RssAnon {rss_anon_mib():,.0f} MiB",
-        flush=True,
-    )
-    runs: dict[str, list[dict[str, float]]] = {key: [] for key in FIGURES if key in args.only}
-    with tempfile.TemporaryDirectory(prefix="celflow-bench-") as workdir:
-        for repeat in range(args.repeats):
-            for key in runs:
-                result = measure(key, workdir, events, rows)
-                runs[key].append(result)
-                print(
-                    f"  repeat {repeat + 1}/{args.repeats} {key:<10} {result['events_per_s']:>10,.0f} events/s",
-                    flush=True,
-                )
-    header = ["figure", "events/s", "vs baseline", "seconds", "bytes/event", "vs JSONL", "RssAnon +MiB"]
-    print(f"\nMedian of {args.repeats} run(s), {args.events:,} events each, fresh database per run:\n")
-    print(table(header, summarise(runs, jsonl_per_event)))
-    print(
-        f"\nevents/s counts every offered event (duplicates included); bytes/event: database file after "
-        f"wal_checkpoint(TRUNCATE) / stored events;\nvs JSONL: against {jsonl_per_event:,.1f} bytes/event as "
-        "JSON Lines (json.dumps per distinct event); RssAnon +MiB: peak over the run minus before it (max of runs)."
-    )
-    if args.json_out:
-        out = Path(args.json_out)
-        if not out.is_absolute() and out.parent == Path():
-            out = RESULTS_DIR / out
-        out.parent.mkdir(parents=True, exist_ok=True)
-        summary = {
-            "events": args.events,
-            "distinct": distinct,
-            "repeats": args.repeats,
-            "seed": args.seed,
-            "python": platform.python_version(),
-            "sqlite": sqlite3.sqlite_version,
-            "celflow": celflow.__version__,
-            "cpus": os.cpu_count(),
-            "jsonl_bytes_per_event": jsonl_per_event,
-            "runs": runs,
-        }
-        out.write_text(json.dumps(summary, indent=2) + "\n")
-        print(f"results written to {out}")
-    return 0
+    for i, event in enumerate(events):
+        accepted &= manager.queue_event(event)
+        if i % BATCH == BATCH - 1:
+            await asyncio.sleep(0)
+    await manager.flush()
+    elapsed = time.perf_counter() - started
+    await manager.stop()
+    if not accepted:
+        raise SystemExit("CORRECTNESS FAILURE: the manager dropped events (overflow policy)")
+    return elapsed
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def run_single(path: str, events: Events, batch_size: int) -> float:
+    """One producer calling ``queue_event`` per event, then ``flush()``."""
+    return asyncio.run(_single(path, events, batch_size))
+
+
+async def _concurrent(path: str, events: Events, producers: int, batch_size: int) -> float:
+    manager = create_event_persistence({"database_path": path, "batch_size": batch_size})
+    await manager.start()
+
+    async def producer(mine: Events) -> None:
+        for event in mine:
+            await manager.store_event(event)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(producer(events[k::producers]) for k in range(producers)))
+    elapsed = time.perf_counter() - started
+    await manager.stop()
+    return elapsed
+
+
+def run_concurrent(path: str, events: Events, producers: int, batch_size: int) -> float:
+    """``producers`` asyncio tasks, each awaiting ``store_event`` per event (the writer commits groups)."""
+    return asyncio.run(_concurrent(path, events, producers, batch_size))

@@ -40,11 +40,12 @@ format: $(VENV)/.installed-test
 	$(BIN)/ruff format src tests bench tools app celflow.py
 	$(BIN)/ruff check --fix src tests bench tools app celflow.py
 
+# bench: 200k events, 3 repeats, a few minutes. bench-full: 10M events streamed (long on 2 cores).
 bench: $(VENV)/.installed-bench
-	$(BIN)/python bench/ingest.py --events 200000
+	$(BIN)/python bench/run.py
 
 bench-full: $(VENV)/.installed-bench
-	$(BIN)/python bench/ingest.py --events 1000000
+	$(BIN)/python bench/run.py --full
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

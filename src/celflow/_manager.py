@@ -147,15 +147,15 @@ class EventPersistenceManager:
 
     async def flush(self) -> None:
         """Return once everything queued before this call is committed."""
-        await asyncio.wrap_future(self._running_writer().flush())
+        await self._running_writer().flush_async()
 
     async def store_events(self, events: Iterable[Mapping[str, Any]]) -> list[int]:
         """Queue events and return their ids once committed (duplicates get the stored id)."""
         writer = self._running_writer()
-        future = writer.submit_awaited(prepare_batch(events, self.options))
+        future = writer.submit_awaited_async(prepare_batch(events, self.options))
         if future is None:
             return []
-        return await asyncio.wrap_future(future)
+        return await future
 
     async def store_event(self, event: Mapping[str, Any]) -> int:
         """Queue one event and return its id once committed."""

@@ -8,7 +8,9 @@ batches, so retention never stalls ingest for long.
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import contextlib
 import logging
 import threading
 import time
@@ -29,14 +31,31 @@ Task = Callable[[], Iterator[Any]]
 
 
 class _Ack:
-    """Completion of one awaited write, possibly spread over several batches."""
+    """Completion of one awaited write, possibly spread over several batches.
 
-    __slots__ = ("future", "ids", "remaining")
+    Awaited from a thread it carries a ``concurrent.futures.Future``; awaited on an event loop it
+    carries that loop's future, and the writer wakes each loop once per batch, not once per write.
+    """
 
-    def __init__(self, size: int, parts: int) -> None:
-        self.future: Future[list[int]] = Future()
+    __slots__ = ("aio", "future", "ids", "loop", "remaining")
+
+    def __init__(self, size: int, parts: int, loop: asyncio.AbstractEventLoop | None) -> None:
+        self.loop = loop
+        self.aio: asyncio.Future[list[int]] | None = loop.create_future() if loop is not None else None
+        self.future: Future[list[int]] | None = None if loop is not None else Future()
         self.ids = [0] * size
         self.remaining = parts
+
+
+def _deliver(outcomes: list[tuple[asyncio.Future[list[int]], list[int] | None, BaseException | None]]) -> None:
+    """Runs on the event loop: resolve every write of one batch at once."""
+    for future, ids, exc in outcomes:
+        if future.done():
+            continue
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(ids or [])
 
 
 class _Item:
@@ -108,14 +127,21 @@ class BatchWriter:
 
     def submit_awaited(self, rows: Sequence[Row]) -> Future[list[int]] | None:
         """Queue rows; return a future of their ids once committed, or ``None`` if they were dropped."""
-        accepted, ack = self._enqueue(rows, wait=True)
+        accepted, ack = self._enqueue(rows, wait=True, loop=None)
         return ack.future if accepted and ack is not None else None
 
-    def _enqueue(self, rows: Sequence[Row], *, wait: bool) -> tuple[bool, _Ack | None]:
+    def submit_awaited_async(self, rows: Sequence[Row]) -> asyncio.Future[list[int]] | None:
+        """Like :meth:`submit_awaited`, for the running event loop (call it on the loop's thread)."""
+        accepted, ack = self._enqueue(rows, wait=True, loop=asyncio.get_running_loop())
+        return ack.aio if accepted and ack is not None else None
+
+    def _enqueue(
+        self, rows: Sequence[Row], *, wait: bool, loop: asyncio.AbstractEventLoop | None = None
+    ) -> tuple[bool, _Ack | None]:
         """Apply the overflow policy, then queue ``rows`` in chunks of at most ``batch_size``."""
         size = self.batch_size
-        chunks = [rows[i : i + size] for i in range(0, len(rows), size)] or [rows]
-        ack = _Ack(len(rows), len(chunks)) if wait else None
+        chunks = [rows[i : i + size] for i in range(0, len(rows), size)] if len(rows) > size else [rows]
+        ack = _Ack(len(rows), len(chunks), loop) if wait else None
         with self._lock:
             if self._stopping:
                 raise ManagerStateError("the persistence manager is stopped; events are no longer accepted")
@@ -155,6 +181,12 @@ class BatchWriter:
         """A future that resolves once everything queued before this call is committed."""
         future = self.submit_awaited([])
         assert future is not None  # an empty item always fits
+        return future
+
+    def flush_async(self) -> asyncio.Future[list[int]]:
+        """Like :meth:`flush`, as a future of the running event loop."""
+        future = self.submit_awaited_async([])
+        assert future is not None
         return future
 
     def run_task(self, task: Task) -> Future[Any]:
@@ -272,20 +304,36 @@ class BatchWriter:
             self._rate_samples.append((time.monotonic(), self.stored))
         self.last_flush = time.time()
         start = 0
+        finished: list[_Ack] = []
         for item in items:
             ack, n = item.ack, len(item.rows)
             if ack is not None:
                 if result is not None and result.ids is not None and n:
                     ack.ids[item.offset : item.offset + n] = result.ids[start : start + n]
                 ack.remaining -= 1
-                if ack.remaining == 0 and not ack.future.cancelled():
-                    ack.future.set_result(ack.ids)
+                if ack.remaining == 0:
+                    finished.append(ack)
             start += n
+        self._complete(finished, None)
 
     def _fail(self, items: list[_Item], exc: Exception) -> None:
-        for item in items:
-            if item.ack is not None and not item.ack.future.done():
-                item.ack.future.set_exception(exc)
+        self._complete([item.ack for item in items if item.ack is not None], exc)
+
+    @staticmethod
+    def _complete(acks: list[_Ack], exc: Exception | None) -> None:
+        """Resolve finished writes: thread futures directly, each event loop with one wake-up."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
+        for ack in acks:
+            if ack.aio is not None and ack.loop is not None:
+                by_loop.setdefault(ack.loop, []).append((ack.aio, ack.ids, exc))
+            elif ack.future is not None and not ack.future.done():
+                if exc is not None:
+                    ack.future.set_exception(exc)
+                else:
+                    ack.future.set_result(ack.ids)
+        for loop, outcomes in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+                loop.call_soon_threadsafe(_deliver, outcomes)
 
     def _step(self, generator: Iterator[Any], future: Future[Any]) -> None:
         try:

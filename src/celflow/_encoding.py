@@ -47,6 +47,7 @@ _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _GZIP_MAGIC = b"\x1f\x8b"
 _ORJSON_OPTS = orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
 _local = threading.local()
+_json_decode = msgspec.json.Decoder().decode  # a reused decoder is a little faster than msgspec.json.decode
 
 
 class Row(NamedTuple):
@@ -315,10 +316,10 @@ def decode_data(data_json: str | None, data_compressed: bytes | None) -> Any:
             raw = gzip.decompress(data_compressed)
         else:
             raise ValueError(f"compressed data starts with {head.hex()}: neither zstd nor gzip")
-        return msgspec.json.decode(raw)
+        return _json_decode(raw)
     if data_json is None:
         return None
-    return msgspec.json.decode(data_json)
+    return _json_decode(data_json)
 
 
 def data_text(data_json: str | None, data_compressed: bytes | None) -> str:

@@ -48,7 +48,7 @@ _ROW_WIDTH = 7
 _MAX_ROWS_PER_STATEMENT = 256
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=_MAX_ROWS_PER_STATEMENT)
 def _insert_sql(n: int) -> str:
     """An insert of ``n`` rows in one statement; the last parameter is everyone's created_at.
 
@@ -67,16 +67,10 @@ def _insert_sql(n: int) -> str:
 
 
 def _statement_sizes(n: int, largest: int) -> Iterator[int]:
-    """Split ``n`` rows into full statements and powers of two, so few statement shapes are cached."""
-    while n >= largest:
-        yield largest
+    """Split ``n`` rows into statements of at most ``largest`` rows (each size is prepared once, then cached)."""
+    while n > 0:
+        yield min(n, largest)
         n -= largest
-    size = largest // 2
-    while n:
-        if n >= size:
-            yield size
-            n -= size
-        size //= 2
 
 
 _EVENT_COLUMNS = "id, timestamp, event_type, action, source, data_json, data_compressed, hash, processed, created_at"
@@ -126,16 +120,9 @@ def decode_cursor(cursor: str) -> tuple[float, int]:
 
 
 def _row_to_event(row: Sequence[Any]) -> StoredEvent:
+    # Positional, in _EVENT_COLUMNS order: this runs for every row a query returns.
     return StoredEvent(
-        id=row[0],
-        timestamp=row[1],
-        event_type=row[2],
-        action=row[3],
-        source=row[4],
-        data=decode_data(row[5], row[6]),
-        hash=row[7],
-        processed=bool(row[8]),
-        created_at=row[9],
+        row[0], row[1], row[2], row[3], row[4], decode_data(row[5], row[6]), row[7], bool(row[8]), row[9]
     )
 
 
@@ -242,6 +229,7 @@ class SQLiteStore:
                 isolation_level=None,
                 check_same_thread=False,
                 timeout=BUSY_TIMEOUT_MS / 1000,
+                cached_statements=_MAX_ROWS_PER_STATEMENT + 64,  # every insert size, and the rest
             )
         except sqlite3.Error as exc:
             raise translate(exc, self.path) from None
@@ -320,8 +308,7 @@ class SQLiteStore:
                 start += size
             inserted = conn.total_changes - before
             if inserted:
-                for column in _schema.COUNTED_COLUMNS:
-                    conn.execute(_schema.COUNT_NEW_EVENTS.format(column=column), (first_new - 1,))
+                conn.execute(_schema.COUNT_NEW_EVENTS, (first_new - 1,))
             ids = self._resolve_ids(conn, rows, inserted, first_new) if want_ids else None
         return InsertResult(ids, inserted, len(rows) - inserted)
 

@@ -176,3 +176,46 @@ def test_celflow_run_end_to_end(tmp_path: Path) -> None:
     assert any(e["event_type"] == "process" and e["data"].get("name") == "sleep" for e in events), output
     log = db.parent / "celflow.log"
     assert log.exists() and log.stat().st_mode & 0o777 == 0o600
+
+
+def test_unreadable_folders_are_skipped() -> None:
+    """As an unprivileged user, a folder it may not read is skipped and the others are still watched."""
+    import shutil
+    import tempfile
+
+    import pytest
+
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to run the check as the unprivileged user 'nobody'")
+    base = Path(tempfile.mkdtemp(prefix="celflow-perm-", dir="/tmp"))  # pytest's tmp is closed to others
+    try:
+        base.chmod(0o755)
+        (base / "ok").mkdir(mode=0o777)
+        (base / "ok").chmod(0o777)
+        (base / "secret").mkdir(mode=0o000)
+        (base / "secret").chmod(0o000)
+        code = (
+            "import json, time\n"
+            "from celflow.capture.filesystem import FileSystemCapture\n"
+            "seen = []\n"
+            f"c = FileSystemCapture(seen.append, [{str(base / 'ok')!r}, {str(base / 'secret')!r}])\n"
+            "watched = c.start()\n"
+            f"open({str(base / 'ok' / 'x.txt')!r}, 'w').write('x')\n"
+            "time.sleep(0.5)\n"
+            "c.stop()\n"
+            "print(json.dumps({'watched': watched, 'paths': [e['data']['path'] for e in seen]}))\n"
+        )
+        result = subprocess.run(
+            ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    finally:
+        (base / "secret").chmod(0o700)
+        shutil.rmtree(base)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["watched"] == [str(base / "ok")]
+    assert str(base / "ok" / "x.txt") in out["paths"]
+    assert "permission denied" in result.stderr

@@ -39,6 +39,9 @@ def resolve_watch_paths(paths: Iterable[str], exclude: Iterable[str]) -> list[tu
         if any(_inside(path, ex) for ex in excluded):
             log.warning("not watching %s: it is inside CelFlow's own data folder", raw)
             continue
+        if not os.access(path, os.R_OK | os.X_OK):
+            log.warning("not watching %s: permission denied", raw)
+            continue
         chosen.append((path, True))
     if not chosen:
         home = os.path.realpath(Path.home())

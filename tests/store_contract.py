@@ -158,6 +158,14 @@ class StoreContract:
                 break
         assert store.maintain() == 0
 
+    def test_optimize_drops_emptied_counters(self, store: EventStore) -> None:
+        """optimize() keeps the counts exact and forgets counters that reached zero."""
+        store.insert_events(rows(10))
+        store.delete_before(T0 + 5)
+        store.optimize()
+        assert store.count_events(EventQuery()) == 5
+        assert store.count_by("event_type", EventQuery(end_time=T0 + 5)) == {}
+
     def test_stats(self, store: EventStore) -> None:
         """Stats report counts, the time span and sizes."""
         store.insert_events(rows(6))

@@ -43,8 +43,11 @@ class EventStore(Protocol):
     def delete_before(self, cutoff: float, *, limit: int | None = None) -> int:
         """Delete events older than ``cutoff``."""
 
-    def maintain(self, *, vacuum_pages: int = 2000) -> int:
-        """Reclaim space and refresh statistics, a bounded amount at a time; return free pages left."""
+    def maintain(self, *, vacuum_pages: int = 500) -> int:
+        """Reclaim a bounded amount of space; return the free space (pages) left."""
+
+    def optimize(self) -> None:
+        """Refresh statistics and tidy derived data; cheap at any size."""
 
     def stats(self) -> dict[str, Any]:
         """Counts and sizes."""

@@ -133,7 +133,7 @@ def test_rebuild_counts_after_rows_added_by_hand(db: EventDatabase) -> None:
     conn.commit()
     conn.close()
     assert db.count_events() == 1  # the counters do not see hand-made rows...
-    db.store.rebuild_counts()  # type: ignore[attr-defined]
+    db.store.rebuild_counts()
     assert db.count_events() == 2  # ...until they are rebuilt
 
 

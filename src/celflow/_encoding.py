@@ -301,11 +301,6 @@ def prepare_batch(events: Iterable[Mapping[str, Any]], options: EncodingOptions 
     return rows
 
 
-def compress_gzip(data: bytes) -> bytes:
-    """Compress as the seed did (gzip); kept so tests and imports can write seed-style rows."""
-    return gzip.compress(data)
-
-
 def decode_data(data_json: str | None, data_compressed: bytes | None) -> Any:
     """Decode a stored event's data, whichever codec (none, zstd, gzip) wrote it."""
     if data_compressed is not None:

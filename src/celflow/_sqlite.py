@@ -252,7 +252,7 @@ class SQLiteStore:
         conn.create_function("celflow_search", 2, _search_udf, deterministic=True)
         # An SQLite built with a low parameter limit (999 before 3.32) gets smaller statements.
         max_rows = (conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) - 1) // _ROW_WIDTH
-        self._rows_per_statement = 1 << (min(max_rows, _MAX_ROWS_PER_STATEMENT).bit_length() - 1)
+        self._rows_per_statement = min(max_rows, _MAX_ROWS_PER_STATEMENT)
         self._local.conn = conn
         with self._conns_lock:
             self._conns.append(conn)

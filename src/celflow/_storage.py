@@ -76,6 +76,9 @@ class EventStore(Protocol):
     ) -> list[SystemStats]:
         """System stats snapshots, newest first."""
 
+    def rebuild_counts(self) -> None:
+        """Recount the per-minute counters from the events."""
+
     def close(self) -> None:
         """Release every resource."""
 

@@ -147,12 +147,12 @@ class EventPersistenceManager:
 
     async def flush(self) -> None:
         """Return once everything queued before this call is committed."""
-        await self._running_writer().flush_async()
+        await self._running_writer().flush()
 
     async def store_events(self, events: Iterable[Mapping[str, Any]]) -> list[int]:
         """Queue events and return their ids once committed (duplicates get the stored id)."""
         writer = self._running_writer()
-        future = writer.submit_awaited_async(prepare_batch(events, self.options))
+        future = writer.submit_awaited(prepare_batch(events, self.options))
         if future is None:
             return []
         return await future

@@ -33,16 +33,15 @@ Task = Callable[[], Iterator[Any]]
 class _Ack:
     """Completion of one awaited write, possibly spread over several batches.
 
-    Awaited from a thread it carries a ``concurrent.futures.Future``; awaited on an event loop it
-    carries that loop's future, and the writer wakes each loop once per batch, not once per write.
+    It carries a future of the awaiting event loop; the writer wakes each loop once per batch,
+    not once per write.
     """
 
-    __slots__ = ("aio", "future", "ids", "loop", "remaining")
+    __slots__ = ("future", "ids", "loop", "remaining")
 
-    def __init__(self, size: int, parts: int, loop: asyncio.AbstractEventLoop | None) -> None:
+    def __init__(self, size: int, parts: int, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.aio: asyncio.Future[list[int]] | None = loop.create_future() if loop is not None else None
-        self.future: Future[list[int]] | None = None if loop is not None else Future()
+        self.future: asyncio.Future[list[int]] = loop.create_future()
         self.ids = [0] * size
         self.remaining = parts
 
@@ -123,25 +122,24 @@ class BatchWriter:
 
     def submit(self, rows: Sequence[Row]) -> bool:
         """Queue rows; ``False`` if the overflow policy dropped them (counted in ``dropped``)."""
-        return self._enqueue(rows, wait=False)[0]
+        return self._enqueue(rows, loop=None)[0]
 
-    def submit_awaited(self, rows: Sequence[Row]) -> Future[list[int]] | None:
-        """Queue rows; return a future of their ids once committed, or ``None`` if they were dropped."""
-        accepted, ack = self._enqueue(rows, wait=True, loop=None)
+    def submit_awaited(self, rows: Sequence[Row]) -> asyncio.Future[list[int]] | None:
+        """Queue rows; a future of the running loop resolves to their ids once committed.
+
+        Call it on the event loop's thread. ``None`` if the overflow policy dropped the rows.
+        """
+        accepted, ack = self._enqueue(rows, loop=asyncio.get_running_loop())
         return ack.future if accepted and ack is not None else None
 
-    def submit_awaited_async(self, rows: Sequence[Row]) -> asyncio.Future[list[int]] | None:
-        """Like :meth:`submit_awaited`, for the running event loop (call it on the loop's thread)."""
-        accepted, ack = self._enqueue(rows, wait=True, loop=asyncio.get_running_loop())
-        return ack.aio if accepted and ack is not None else None
+    def _enqueue(self, rows: Sequence[Row], *, loop: asyncio.AbstractEventLoop | None) -> tuple[bool, _Ack | None]:
+        """Apply the overflow policy, then queue ``rows`` in chunks of at most ``batch_size``.
 
-    def _enqueue(
-        self, rows: Sequence[Row], *, wait: bool, loop: asyncio.AbstractEventLoop | None = None
-    ) -> tuple[bool, _Ack | None]:
-        """Apply the overflow policy, then queue ``rows`` in chunks of at most ``batch_size``."""
+        With a ``loop``, the rows are awaited there: the returned ack resolves once they are committed.
+        """
         size = self.batch_size
         chunks = [rows[i : i + size] for i in range(0, len(rows), size)] if len(rows) > size else [rows]
-        ack = _Ack(len(rows), len(chunks), loop) if wait else None
+        ack = _Ack(len(rows), len(chunks), loop) if loop is not None else None
         with self._lock:
             if self._stopping:
                 raise ManagerStateError("the persistence manager is stopped; events are no longer accepted")
@@ -177,16 +175,10 @@ class BatchWriter:
             f"events waiting; {n:,} more offered)"
         )
 
-    def flush(self) -> Future[list[int]]:
-        """A future that resolves once everything queued before this call is committed."""
+    def flush(self) -> asyncio.Future[list[int]]:
+        """A future of the running loop that resolves once everything queued before it is committed."""
         future = self.submit_awaited([])
         assert future is not None  # an empty item always fits
-        return future
-
-    def flush_async(self) -> asyncio.Future[list[int]]:
-        """Like :meth:`flush`, as a future of the running event loop."""
-        future = self.submit_awaited_async([])
-        assert future is not None
         return future
 
     def run_task(self, task: Task) -> Future[Any]:
@@ -321,16 +313,10 @@ class BatchWriter:
 
     @staticmethod
     def _complete(acks: list[_Ack], exc: Exception | None) -> None:
-        """Resolve finished writes: thread futures directly, each event loop with one wake-up."""
+        """Resolve finished writes, waking each event loop once."""
         by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
         for ack in acks:
-            if ack.aio is not None and ack.loop is not None:
-                by_loop.setdefault(ack.loop, []).append((ack.aio, ack.ids, exc))
-            elif ack.future is not None and not ack.future.done():
-                if exc is not None:
-                    ack.future.set_exception(exc)
-                else:
-                    ack.future.set_result(ack.ids)
+            by_loop.setdefault(ack.loop, []).append((ack.future, ack.ids, exc))
         for loop, outcomes in by_loop.items():
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
                 loop.call_soon_threadsafe(_deliver, outcomes)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from celflow import Config, ConfigError, load_config
+from celflow import ConfigError, PersistenceConfig, load_config, parse_config
 from celflow._config import config_items, default_config_path
 
 
@@ -92,5 +92,8 @@ def test_default_location(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_whole_config_type() -> None:
-    """Config objects pass through unchanged."""
-    assert isinstance(load_config(env={})[0], Config)
+    """Config objects pass through parse_config unchanged; a PersistenceConfig is wrapped."""
+    config = load_config(env={})[0]
+    assert parse_config(config) is config
+    part = PersistenceConfig(batch_size=7)
+    assert parse_config(part).persistence is part

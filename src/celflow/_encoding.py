@@ -301,17 +301,20 @@ def prepare_batch(events: Iterable[Mapping[str, Any]], options: EncodingOptions 
     return rows
 
 
+def _decompress(blob: bytes) -> bytes:
+    """The bytes of a compressed row, whichever codec wrote it (recognised by its magic number)."""
+    head = bytes(blob[:4])
+    if head == _ZSTD_MAGIC:
+        return bytes(_zstd_decompressor().decompress(blob))
+    if head[:2] == _GZIP_MAGIC:
+        return gzip.decompress(blob)
+    raise ValueError(f"compressed data starts with {head.hex()}: neither zstd nor gzip")
+
+
 def decode_data(data_json: str | None, data_compressed: bytes | None) -> Any:
     """Decode a stored event's data, whichever codec (none, zstd, gzip) wrote it."""
     if data_compressed is not None:
-        head = bytes(data_compressed[:4])
-        if head == _ZSTD_MAGIC:
-            raw = _zstd_decompressor().decompress(data_compressed)
-        elif head[:2] == _GZIP_MAGIC:
-            raw = gzip.decompress(data_compressed)
-        else:
-            raise ValueError(f"compressed data starts with {head.hex()}: neither zstd nor gzip")
-        return _json_decode(raw)
+        return _json_decode(_decompress(data_compressed))
     if data_json is None:
         return None
     return _json_decode(data_json)
@@ -321,7 +324,4 @@ def data_text(data_json: str | None, data_compressed: bytes | None) -> str:
     """The JSON text of a stored event's data (decompressing when needed)."""
     if data_compressed is None:
         return data_json or ""
-    head = bytes(data_compressed[:4])
-    if head == _ZSTD_MAGIC:
-        return _zstd_decompressor().decompress(data_compressed).decode()
-    return gzip.decompress(data_compressed).decode()
+    return _decompress(data_compressed).decode()

@@ -7,7 +7,6 @@ import contextlib
 import enum
 import functools
 import logging
-import os
 import time
 from collections.abc import Generator, Iterable, Iterator, Mapping
 from types import TracebackType
@@ -179,8 +178,7 @@ class EventPersistenceManager:
         """Counters of this run and the database's size (cheap: no table scan)."""
         writer = self._writer
         path = self.settings.database_path
-        main_bytes = os.path.getsize(path) if os.path.exists(path) else 0
-        wal_bytes = os.path.getsize(path + "-wal") if os.path.exists(path + "-wal") else 0
+        sizes = self.database.store.sizes() if self.database is not None else {}
         uptime = time.time() - self._started_at if self._started_at else 0.0
         stored = writer.stored if writer else 0
         batches = writer.batches if writer else 0
@@ -207,8 +205,8 @@ class EventPersistenceManager:
             "database_stats": {
                 "database_path": path,
                 "total_events": self._events_at_start + stored - self._removed,
-                "database_size_mb": round((main_bytes + wal_bytes) / 1_048_576, 3),
-                "wal_size_mb": round(wal_bytes / 1_048_576, 3),
+                "database_size_mb": sizes.get("database_size_mb", 0.0),
+                "wal_size_mb": sizes.get("wal_size_mb", 0.0),
             },
         }
 

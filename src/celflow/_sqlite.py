@@ -74,7 +74,7 @@ def _statement_sizes(n: int, largest: int) -> Iterator[int]:
 
 
 _EVENT_COLUMNS = "id, timestamp, event_type, action, source, data_json, data_compressed, hash, processed, created_at"
-_GROUP_COLUMNS = {"event_type": "event_type", "source": "source", "action": "action"}
+_GROUP_COLUMNS = ("event_type", "source", "action")
 
 
 def translate(exc: sqlite3.Error, path: str) -> PersistenceError:
@@ -387,9 +387,9 @@ class SQLiteStore:
 
     def count_by(self, field: str, query: EventQuery) -> dict[str, int]:
         """Counts of matching events per ``event_type``, ``source`` or ``action``, largest first."""
-        column = _GROUP_COLUMNS.get(field)
-        if column is None:
+        if field not in _GROUP_COLUMNS:
             raise ValidationError(f"cannot group by {field!r}; use one of {', '.join(_GROUP_COLUMNS)}")
+        column = field  # one of the fixed names above: safe to put in the SQL
         counter = self._counter(query, column)
         if counter is not None:
             counts = self._counted(query, *counter, group="name")
@@ -515,8 +515,6 @@ class SQLiteStore:
         page_size = self._read("PRAGMA page_size")[0][0]
         page_count = self._read("PRAGMA page_count")[0][0]
         freelist = self._read("PRAGMA freelist_count")[0][0]
-        main_bytes = os.path.getsize(self.path)
-        wal_bytes = os.path.getsize(self.path + "-wal") if os.path.exists(self.path + "-wal") else 0
         return {
             "database_path": self.path,
             "schema_version": _schema.SCHEMA_VERSION,
@@ -527,12 +525,21 @@ class SQLiteStore:
             "events_by_source": self.count_by("source", EventQuery()),
             "total_patterns": self._read("SELECT count(*) FROM patterns")[0][0],
             "total_system_stats": self._read("SELECT count(*) FROM system_stats")[0][0],
-            "database_size_mb": round((main_bytes + wal_bytes) / 1_048_576, 3),
-            "file_size_mb": round(main_bytes / 1_048_576, 3),
-            "wal_size_mb": round(wal_bytes / 1_048_576, 3),
+            **self.sizes(),
             "page_size": page_size,
             "page_count": page_count,
             "free_pages": freelist,
+        }
+
+    def sizes(self) -> dict[str, float]:
+        """The database's size on disk in MB: in all, the main file, the WAL (no query: cheap)."""
+        main_bytes = os.path.getsize(self.path) if os.path.exists(self.path) else 0
+        wal = self.path + "-wal"
+        wal_bytes = os.path.getsize(wal) if os.path.exists(wal) else 0
+        return {
+            "database_size_mb": round((main_bytes + wal_bytes) / 1_048_576, 3),
+            "file_size_mb": round(main_bytes / 1_048_576, 3),
+            "wal_size_mb": round(wal_bytes / 1_048_576, 3),
         }
 
     # -- patterns and system stats -------------------------------------------------------------

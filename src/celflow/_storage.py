@@ -52,6 +52,9 @@ class EventStore(Protocol):
     def stats(self) -> dict[str, Any]:
         """Counts and sizes."""
 
+    def sizes(self) -> dict[str, float]:
+        """Size on disk in MB (``database_size_mb``, ...), without a query."""
+
     def insert_pattern(
         self, pattern_type: str, confidence: float, pattern_data: Any, *, event_id: int | None, embryo_id: str | None
     ) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -115,14 +116,41 @@ def test_validation_happens_at_the_call(db_path: Path) -> None:
 
 
 def test_batch_size_triggers_a_write(db_path: Path) -> None:
-    """Reaching batch_size writes at once, long before batch_timeout."""
+    """Reaching batch_size writes at once, long before batch_timeout; a write takes all that waits."""
 
     async def scenario() -> None:
         async with EventPersistenceManager(config(db_path, batch_size=10, batch_timeout=600)) as manager:
-            manager.queue_events_batch([make_event() for _ in range(25)])
-            await wait_until(lambda: manager.get_stats()["total_stored"] == 20)
-            assert manager.get_stats()["queue_size"] == 5  # the rest waits for the timeout
-            assert manager.get_stats()["batches"] == 2
+            manager.queue_events_batch([make_event() for _ in range(9)])
+            await asyncio.sleep(0.1)
+            assert manager.get_stats()["total_stored"] == 0  # below batch_size: waits for the timeout
+            manager.queue_events_batch([make_event() for _ in range(16)])
+            await wait_until(lambda: manager.get_stats()["total_stored"] == 25)
+            assert manager.get_stats()["queue_size"] == 0
+            assert manager.get_stats()["batches"] == 1
+
+    run(scenario())
+
+
+def test_a_backlog_drains_in_large_transactions(db_path: Path) -> None:
+    """Events that pile up behind a busy database are committed in a few large transactions."""
+
+    async def scenario() -> None:
+        async with EventPersistenceManager(config(db_path, batch_size=10, batch_timeout=600)) as manager:
+            blocker = sqlite3.connect(db_path, isolation_level=None)
+            blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock for a while
+            try:
+                for _ in range(300):
+                    manager.queue_events_batch([make_event() for _ in range(10)])
+                await asyncio.sleep(0.2)
+            finally:
+                blocker.execute("COMMIT")
+                blocker.close()
+            await manager.flush()
+            stats = manager.get_stats()
+            assert stats["total_stored"] == 3000
+            # one batch_size write was waiting for the lock; the backlog behind it went in one
+            # transaction of at most BACKLOG_BATCH (5000) events, not 299 writes of 10
+            assert stats["batches"] <= 3, stats["batches"]
 
     run(scenario())
 

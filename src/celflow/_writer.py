@@ -27,6 +27,11 @@ __all__ = ["BatchWriter"]
 log = logging.getLogger("celflow.writer")
 
 Overflow = Literal["block", "drop", "raise"]
+
+#: With a backlog, one transaction takes up to this many queued events (or ``batch_size`` if
+#: larger): each commit rewrites the partly filled index pages at every insertion point, so a
+#: few large transactions drain a backlog faster than many small ones (bench/: ~15-20%).
+BACKLOG_BATCH = 5000
 Task = Callable[[], Iterator[Any]]
 
 
@@ -68,7 +73,10 @@ class _Item:
 
 
 class BatchWriter:
-    """Commits queued rows in batches of ``batch_size`` or after ``batch_timeout`` seconds."""
+    """Commits queued rows once ``batch_size`` wait or after ``batch_timeout`` seconds.
+
+    A write takes everything waiting, up to ``max(batch_size, BACKLOG_BATCH)`` rows.
+    """
 
     def __init__(
         self,
@@ -226,7 +234,8 @@ class BatchWriter:
     def _take(self) -> list[_Item]:
         taken: list[_Item] = []
         count = 0
-        while self._items and (not taken or count + len(self._items[0].rows) <= self.batch_size):
+        limit = max(self.batch_size, BACKLOG_BATCH)
+        while self._items and (not taken or count + len(self._items[0].rows) <= limit):
             item = self._items.popleft()
             taken.append(item)
             count += len(item.rows)

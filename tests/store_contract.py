@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from celflow import DatabaseClosedError, EventQuery, EventStore, ValidationError
+from celflow import DatabaseClosedError, EventQuery, EventStore, QueryTimeoutError, ValidationError
 from celflow._encoding import Row, prepare_batch
 
 T0 = 1_700_000_000.0
@@ -102,6 +102,30 @@ class StoreContract:
             if cursor is None:
                 break
         assert len(seen) == len(set(seen)) == 50
+
+    def test_select_after_reads_on_in_commit_order(self, store: EventStore) -> None:
+        """From any id, the events after it in commit order, filtered; deleted ids are not reused."""
+        assert store.last_id() == 0
+        late = store.insert_events(rows(3, start=T0 + 1000)).ids or []
+        early = store.insert_events(rows(3, start=T0)).ids or []  # older timestamps, committed later
+        assert [e.id for e in store.select_after(0, EventQuery(limit=None))] == late + early
+        assert [e.id for e in store.select_after(late[1], EventQuery(limit=2))] == [late[2], early[0]]
+        typed = store.select_after(0, EventQuery(event_type="file_op", limit=None))
+        assert [e.id for e in typed] == [late[0], early[0]]
+        assert store.last_id() == early[-1]
+        store.delete_before(T0 + 10_000, limit=None)
+        assert store.last_id() == early[-1]
+        assert (store.insert_events(rows(1, start=T0 + 5)).ids or [0])[0] > early[-1]
+
+    def test_time_limit_interrupts_a_long_read(self, store: EventStore) -> None:
+        """A read past its time limit stops with QueryTimeoutError; the store stays usable."""
+        store.insert_events(rows(3000))
+        scan = EventQuery(search="no such text anywhere", limit=None)
+        with store.time_limit(0.0), pytest.raises(QueryTimeoutError, match="limit"):
+            store.count_events(scan)
+        assert store.count_events(scan) == 0
+        with store.time_limit(60.0):
+            assert store.count_events(EventQuery(search="number 2999", limit=None)) == 1
 
     def test_bad_cursor(self, store: EventStore) -> None:
         """A cursor that was not made by a page is refused clearly."""

@@ -26,6 +26,7 @@ EXPECTED = {
     "Pattern",
     "PersistenceConfig",
     "PersistenceError",
+    "QueryTimeoutError",
     "QueueFullError",
     "SchemaVersionError",
     "StoredEvent",

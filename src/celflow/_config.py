@@ -20,6 +20,7 @@ from ._exceptions import ConfigError
 __all__ = [
     "CaptureConfig",
     "Config",
+    "HttpConfig",
     "LoggingConfig",
     "PersistenceConfig",
     "default_config_path",
@@ -82,6 +83,26 @@ class LoggingConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     backups: Annotated[int, Meta(ge=0)] = 3
 
 
+class HttpConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The HTTP and WebSocket API that ``celflow run`` serves."""
+
+    enabled: bool = True
+    #: Loopback only by default; another address exposes the API to the network.
+    host: str = "127.0.0.1"
+    #: 0 picks a free port (the address is written to ``service.json`` in the data folder).
+    port: Annotated[int, Meta(ge=0, le=65535)] = 8537
+    #: Require ``Authorization: Bearer <token>`` (the token file in the data folder) on all but /health.
+    auth: bool = True
+    #: Host names accepted besides loopback ones (a defence against DNS rebinding).
+    allowed_hosts: list[str] = msgspec.field(default_factory=list)
+    #: Origins (``scheme://host[:port]``) whose pages may open a WebSocket; loopback pages always may.
+    allowed_origins: list[str] = msgspec.field(default_factory=list)
+    max_body_bytes: Annotated[int, Meta(ge=1024)] = 32 * 1024 * 1024
+    max_batch_events: Annotated[int, Meta(ge=1)] = 10_000
+    #: Seconds a query may run before it is interrupted (answered 503).
+    query_timeout: PositiveFloat = 10.0
+
+
 class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """The whole configuration (the seed's top-level dict)."""
 
@@ -89,12 +110,14 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     persistence: PersistenceConfig = msgspec.field(default_factory=PersistenceConfig)
     capture: CaptureConfig = msgspec.field(default_factory=CaptureConfig)
     logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
+    http: HttpConfig = msgspec.field(default_factory=HttpConfig)
 
 
 _SECTIONS: dict[str, type[msgspec.Struct]] = {
     "persistence": PersistenceConfig,
     "capture": CaptureConfig,
     "logging": LoggingConfig,
+    "http": HttpConfig,
 }
 
 

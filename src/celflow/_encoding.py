@@ -12,7 +12,7 @@ import math
 import struct
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -30,6 +30,7 @@ __all__ = [
     "encode_data",
     "parse_timestamp",
     "prepare_batch",
+    "prepare_each",
     "prepare_event",
 ]
 
@@ -299,6 +300,21 @@ def prepare_batch(events: Iterable[Mapping[str, Any]], options: EncodingOptions 
         except ValidationError as exc:
             raise ValidationError(str(exc), field=exc.field, index=index) from None
     return rows
+
+
+def prepare_each(
+    events: Sequence[object], options: EncodingOptions = DEFAULT_OPTIONS
+) -> tuple[list[Row], list[ValidationError]]:
+    """Prepare every event, collecting all the errors (each with its index) instead of the first."""
+    now = time.time()
+    rows: list[Row] = []
+    errors: list[ValidationError] = []
+    for index, event in enumerate(events):
+        try:
+            rows.append(prepare_event(event, options, now=now))  # type: ignore[arg-type]
+        except ValidationError as exc:
+            errors.append(ValidationError(str(exc), field=exc.field, index=index))
+    return rows, errors
 
 
 def _decompress(blob: bytes) -> bytes:

@@ -31,6 +31,7 @@ __all__ = [
     "NotACelflowDatabaseError",
     "OperationalError",
     "PersistenceError",
+    "QueryTimeoutError",
     "QueueFullError",
     "SchemaVersionError",
     "ValidationError",
@@ -94,3 +95,7 @@ class DatabaseClosedError(PersistenceError):
 
 class OperationalError(PersistenceError):
     """The database engine failed (I/O error, disk full, busy for too long)."""
+
+
+class QueryTimeoutError(PersistenceError):
+    """A read ran past its time limit and was interrupted."""

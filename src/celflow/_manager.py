@@ -8,16 +8,16 @@ import enum
 import functools
 import logging
 import time
-from collections.abc import Generator, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
 from ._config import Config, PersistenceConfig, parse_config
 from ._database import EventDatabase
-from ._encoding import EncodingOptions, prepare_batch, prepare_event
+from ._encoding import EncodingOptions, Row, prepare_batch, prepare_event
 from ._exceptions import ManagerStateError, QueueFullError
 from ._types import EventQuery
-from ._writer import BatchWriter
+from ._writer import BatchWriter, Overflow
 
 __all__ = ["EventPersistenceManager", "ManagerState", "create_event_persistence"]
 
@@ -162,6 +162,19 @@ class EventPersistenceManager:
         if not ids:
             raise QueueFullError("the event was dropped: the queue is full and overflow is 'drop'")
         return ids[0]
+
+    def queue_rows(self, rows: Sequence[Row], *, overflow: Overflow | None = None) -> bool:
+        """Queue rows already prepared (by a server); ``overflow`` overrides the policy for this call."""
+        return self._running_writer().submit(rows, overflow=overflow)
+
+    async def store_rows(self, rows: Sequence[Row], *, overflow: Overflow | None = None) -> list[int]:
+        """Queue prepared rows and return their ids once committed (``[]`` if dropped)."""
+        future = self._running_writer().submit_awaited(rows, overflow=overflow)
+        return [] if future is None else await future
+
+    def add_batch_observer(self, observer: Callable[[float, int], None]) -> None:
+        """Call ``observer(seconds, inserted)`` on the writer thread after every committed batch."""
+        self._running_writer().observers.append(observer)
 
     # -- reading -------------------------------------------------------------------------------
 

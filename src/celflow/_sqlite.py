@@ -24,6 +24,7 @@ from ._exceptions import (
     NotACelflowDatabaseError,
     OperationalError,
     PersistenceError,
+    QueryTimeoutError,
     SchemaVersionError,
     ValidationError,
 )
@@ -81,12 +82,22 @@ def translate(exc: sqlite3.Error, path: str) -> PersistenceError:
     """Turn a driver error into CelFlow's tree (the one place where that happens)."""
     message = f"{exc} (database {path})"
     if isinstance(exc, sqlite3.OperationalError):
+        if str(exc) == "interrupted" and getattr(_deadline, "at", None) is not None:
+            return QueryTimeoutError(f"the query ran longer than its {_deadline.seconds:g} s limit and was stopped")
         if "disk is full" in str(exc) or "database or disk is full" in str(exc):
             message += ": free some disk space; nothing of the failed batch was written"
         return OperationalError(message)
     if isinstance(exc, sqlite3.DatabaseError) and "not a database" in str(exc):
         return NotACelflowDatabaseError(message)
     return PersistenceError(message)
+
+
+_deadline = threading.local()  # the time limit of the reads running on this thread, if any
+
+
+def _past_deadline() -> int:
+    """SQLite's progress handler: non-zero interrupts the running statement."""
+    return 1 if time.monotonic() > _deadline.at else 0
 
 
 def _search_udf(data_compressed: bytes | None, needle: str) -> bool:
@@ -282,6 +293,21 @@ class SQLiteStore:
                 raise
             conn.execute("COMMIT")
 
+    @contextlib.contextmanager
+    def time_limit(self, seconds: float | None) -> Iterator[None]:
+        """Interrupt this thread's reads that run longer than ``seconds`` (:class:`QueryTimeoutError`)."""
+        if seconds is None:
+            yield
+            return
+        conn = self._connection()
+        _deadline.at, _deadline.seconds = time.monotonic() + seconds, seconds
+        conn.set_progress_handler(_past_deadline, 10_000)  # every 10,000 VM steps: ~0.1 ms
+        try:
+            yield
+        finally:
+            conn.set_progress_handler(None, 0)
+            _deadline.at = None
+
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         conn = self._connection()
         with self._translate():
@@ -376,6 +402,26 @@ class SQLiteStore:
         if query.limit is not None and events and len(events) == query.limit:
             cursor = encode_cursor(events[-1].timestamp, events[-1].id)
         return events, cursor
+
+    def select_after(self, after_id: int, query: EventQuery) -> list[StoredEvent]:
+        """Events with ``id > after_id`` matching ``query`` in id order (a live stream's catch-up).
+
+        Ids grow with every commit (one writer, AUTOINCREMENT), so reading on from the last id
+        seen misses nothing and repeats nothing. The query's order and cursor are ignored.
+        """
+        where, params = self._where(msgspec.structs.replace(query, cursor=None))
+        where = (where + " AND" if where else " WHERE") + " id > ?"
+        params.append(after_id)
+        sql = f"SELECT {_EVENT_COLUMNS} FROM events{where} ORDER BY id"
+        if query.limit is not None:
+            sql += " LIMIT ?"
+            params.append(query.limit)
+        return [_row_to_event(r) for r in self._read(sql, params)]
+
+    def last_id(self) -> int:
+        """The highest id ever given (``sqlite_sequence``: deleted ids count too)."""
+        rows = self._read("SELECT seq FROM sqlite_sequence WHERE name = 'events'")
+        return int(rows[0][0]) if rows else 0
 
     def count_events(self, query: EventQuery) -> int:
         """How many events match ``query`` (its order, limit and cursor are ignored)."""

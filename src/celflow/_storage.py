@@ -6,6 +6,7 @@ and the contract tests in ``tests/test_store_contract.py`` run against each one.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 from typing import Any, Literal, Protocol
@@ -30,6 +31,15 @@ class EventStore(Protocol):
 
     def select_events(self, query: EventQuery) -> tuple[list[StoredEvent], str | None]:
         """A page of events and the cursor of the next one."""
+
+    def time_limit(self, seconds: float | None) -> contextlib.AbstractContextManager[None]:
+        """Within it, this thread's reads stop with :class:`QueryTimeoutError` after ``seconds``."""
+
+    def select_after(self, after_id: int, query: EventQuery) -> list[StoredEvent]:
+        """Events with ``id > after_id`` matching ``query``, in id (commit) order, up to its limit."""
+
+    def last_id(self) -> int:
+        """The highest id ever given to an event (0 for none); ids are never reused."""
 
     def count_events(self, query: EventQuery) -> int:
         """How many events match."""

@@ -116,6 +116,8 @@ class BatchWriter:
         self.total_batch_seconds = 0.0
         self.healthy = True
         self._rate_samples: collections.deque[tuple[float, int]] = collections.deque(maxlen=120)
+        #: Called on the writer thread after each committed batch with (seconds, rows inserted).
+        self.observers: list[Callable[[float, int], None]] = []
 
     # -- producers -----------------------------------------------------------------------------
 
@@ -128,19 +130,26 @@ class BatchWriter:
         """Rows waiting for the writer."""
         return self._pending
 
-    def submit(self, rows: Sequence[Row]) -> bool:
-        """Queue rows; ``False`` if the overflow policy dropped them (counted in ``dropped``)."""
-        return self._enqueue(rows, loop=None)[0]
+    def submit(self, rows: Sequence[Row], *, overflow: Overflow | None = None) -> bool:
+        """Queue rows; ``False`` if the overflow policy dropped them (counted in ``dropped``).
 
-    def submit_awaited(self, rows: Sequence[Row]) -> asyncio.Future[list[int]] | None:
+        ``overflow`` replaces the writer's policy for this call (a server passes ``"raise"``).
+        """
+        return self._enqueue(rows, loop=None, overflow=overflow)[0]
+
+    def submit_awaited(
+        self, rows: Sequence[Row], *, overflow: Overflow | None = None
+    ) -> asyncio.Future[list[int]] | None:
         """Queue rows; a future of the running loop resolves to their ids once committed.
 
         Call it on the event loop's thread. ``None`` if the overflow policy dropped the rows.
         """
-        accepted, ack = self._enqueue(rows, loop=asyncio.get_running_loop())
+        accepted, ack = self._enqueue(rows, loop=asyncio.get_running_loop(), overflow=overflow)
         return ack.future if accepted and ack is not None else None
 
-    def _enqueue(self, rows: Sequence[Row], *, loop: asyncio.AbstractEventLoop | None) -> tuple[bool, _Ack | None]:
+    def _enqueue(
+        self, rows: Sequence[Row], *, loop: asyncio.AbstractEventLoop | None, overflow: Overflow | None = None
+    ) -> tuple[bool, _Ack | None]:
         """Apply the overflow policy, then queue ``rows`` in chunks of at most ``batch_size``.
 
         With a ``loop``, the rows are awaited there: the returned ack resolves once they are committed.
@@ -153,10 +162,11 @@ class BatchWriter:
                 raise ManagerStateError("the persistence manager is stopped; events are no longer accepted")
             n = len(rows)
             if self._pending and self._pending + n > self.max_queue_size:
-                if self.overflow == "drop":
+                policy = overflow or self.overflow
+                if policy == "drop":
                     self.dropped += n
                     return False, None
-                if self.overflow == "raise":
+                if policy == "raise":
                     raise QueueFullError(self._full_message(n))
                 deadline = time.monotonic() + self.queue_timeout
                 while self._pending and self._pending + n > self.max_queue_size:
@@ -303,6 +313,11 @@ class BatchWriter:
             self.last_batch_seconds = elapsed
             self.total_batch_seconds += elapsed
             self._rate_samples.append((time.monotonic(), self.stored))
+            for observe in self.observers:
+                try:
+                    observe(elapsed, result.inserted)
+                except Exception:  # an observer's bug must not stop the writer
+                    log.exception("a batch observer failed")
         self.last_flush = time.time()
         start = 0
         finished: list[_Ack] = []

@@ -10,11 +10,14 @@ import os
 import signal
 from typing import Any
 
+import orjson
+
 from ._config import Config, LoggingConfig
 from ._files import ensure_private_dir
 from ._manager import EventPersistenceManager
 from .capture.filesystem import FileSystemCapture
 from .capture.processes import ProcessCapture
+from .server import HttpServer, bind, create_app, load_or_create_token
 
 __all__ = ["PrivateRotatingFileHandler", "run_service", "serve", "setup_logging"]
 
@@ -55,11 +58,24 @@ async def serve(config: Config, stop: asyncio.Event | None = None, *, status_int
         # Outside the main thread there are no signal handlers: the caller sets `stop`.
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    manager = EventPersistenceManager(config)
-    await manager.start()
     data_dir = os.path.dirname(os.path.abspath(config.persistence.database_path))
-    sources: list[FileSystemCapture | ProcessCapture] = []
+    sock = bind(config.http.host, config.http.port) if config.http.enabled else None  # a busy port fails first
+    manager = EventPersistenceManager(config)
     try:
+        await manager.start()
+    except BaseException:
+        if sock is not None:
+            sock.close()
+        raise
+    sources: list[FileSystemCapture | ProcessCapture] = []
+    http: HttpServer | None = None
+    try:
+        if sock is not None:
+            token = load_or_create_token(data_dir) if config.http.auth else None
+            http = HttpServer(create_app(manager, config.http, token=token), sock)
+            await http.start()
+            write_service_file(data_dir, http.url)
+            log.info("API on %s (token in %s)", http.url, os.path.join(data_dir, "token") if token else "off: no auth")
         capture = config.capture
         if capture.filesystem:
             fs = FileSystemCapture(
@@ -89,10 +105,33 @@ async def serve(config: Config, stop: asyncio.Event | None = None, *, status_int
                 )
     finally:
         log.info("stopping: flushing queued events")
+        if http is not None:
+            await http.stop()  # no new requests; the running ones finish first
+            remove_service_file(data_dir)
+        elif sock is not None:
+            sock.close()
         for source in sources:
             source.stop()
         await manager.stop()
         log.info("stopped cleanly")
+
+
+SERVICE_FILE = "service.json"
+
+
+def write_service_file(data_dir: str, url: str) -> None:
+    """Tell clients on this machine where the API listens (``service.json``, 0600)."""
+    path = os.path.join(data_dir, SERVICE_FILE)
+    temp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(orjson.dumps({"url": url, "pid": os.getpid()}))
+    os.replace(temp, path)
+
+
+def remove_service_file(data_dir: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(data_dir, SERVICE_FILE))
 
 
 def run_service(config: Config) -> None:

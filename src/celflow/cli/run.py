@@ -18,17 +18,34 @@ __all__ = ["run"]
 @click.option("--fs/--no-fs", "filesystem", default=None, help="Capture file events (default: on).")
 @click.option("--processes/--no-processes", default=None, help="Capture process start/exit (default: on).")
 @click.option("--watch", "paths", multiple=True, type=click.Path(path_type=Path), help="Folder to watch (repeatable).")
+@click.option("--http/--no-http", "http", default=None, help="Serve the HTTP/WebSocket API (default: on).")
+@click.option("--host", default=None, help="Address the API listens on (default: 127.0.0.1).")
+@click.option("--port", type=click.IntRange(0, 65535), default=None, help="API port (default: 8537; 0: any free).")
 @click.pass_obj
 def run(
-    state: State, db: Path | None, filesystem: bool | None, processes: bool | None, paths: tuple[Path, ...]
+    state: State,
+    db: Path | None,
+    filesystem: bool | None,
+    processes: bool | None,
+    paths: tuple[Path, ...],
+    http: bool | None,
+    host: str | None,
+    port: int | None,
 ) -> None:
-    """Capture events from this machine and store them until SIGINT/SIGTERM, then flush and exit."""
+    """Capture events from this machine and store them until SIGINT/SIGTERM, then flush and exit.
+
+    The API listens on http://127.0.0.1:8537 unless configured otherwise; every endpoint but
+    /health needs the token in the data folder's 'token' file.
+    """
     settings, _ = state.load(
         {
             "persistence.database_path": str(db) if db is not None else None,
             "capture.filesystem": filesystem,
             "capture.processes": processes,
             "capture.paths": [str(p) for p in paths] if paths else None,
+            "http.enabled": http,
+            "http.host": host,
+            "http.port": port,
         }
     )
     if not settings.enable_persistence:

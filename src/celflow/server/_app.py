@@ -1,0 +1,300 @@
+"""The HTTP API (``/api/v1``), ``/health`` and ``/metrics``, as a Starlette app over a running manager."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import zlib
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import msgspec
+import orjson
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from .._config import HttpConfig
+from .._database import make_query
+from .._encoding import prepare_each
+from .._exceptions import CelflowError, ManagerStateError, QueryTimeoutError, QueueFullError, ValidationError
+from .._manager import EventPersistenceManager
+from ._guard import Guard
+from ._metrics import Metrics
+
+__all__ = ["create_app"]
+
+T = TypeVar("T")
+API = "/api/v1"
+MAX_PAGE = 10_000
+NDJSON_TYPES = frozenset({"application/x-ndjson", "application/jsonl", "application/x-jsonlines"})
+_json = msgspec.json.Encoder()
+
+
+class ApiError(Exception):
+    """An error answered with ``status`` and a JSON body ``{"error": {...}}``."""
+
+    def __init__(self, status: int, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.details = details
+
+
+def json_response(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(_json.encode(content), status_code=status, media_type="application/json", headers=headers)
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None, **details: Any) -> Response:
+    return json_response({"error": {"status": status, "message": message, **details}}, status, headers)
+
+
+class Api:
+    """The request handlers; one instance per app, bound to one running manager."""
+
+    def __init__(self, manager: EventPersistenceManager, settings: HttpConfig, metrics: Metrics) -> None:
+        self.manager = manager
+        self.settings = settings
+        self.metrics = metrics
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    async def read(self, endpoint: str, fn: Callable[[], T]) -> T:
+        """Run a database read on a worker thread, under the query time limit, timed for /metrics."""
+        database = self.manager.database
+        if database is None:
+            raise ManagerStateError("the persistence manager is not running")
+        store, limit = database.store, self.settings.query_timeout
+
+        def call() -> T:
+            with store.time_limit(limit):
+                return fn()
+
+        started = time.perf_counter()
+        try:
+            return await asyncio.to_thread(call)
+        finally:
+            self.metrics.query_seconds.labels(endpoint).observe(time.perf_counter() - started)
+
+    async def body(self, request: Request) -> bytes:
+        """The request body, gunzipped if need be, refused (413) past ``max_body_bytes``."""
+        limit = self.settings.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise ApiError(413, f"the request body is {int(declared):,} bytes; the limit is {limit:,} (max_body_bytes)")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, f"the request body is over the limit of {limit:,} bytes (max_body_bytes)")
+            chunks.append(chunk)
+        body = b"".join(chunks)
+        encoding = request.headers.get("content-encoding", "identity").strip().lower()
+        if encoding == "gzip":
+            inflater = zlib.decompressobj(wbits=31)
+            try:
+                body = inflater.decompress(body, limit + 1)
+            except zlib.error as exc:
+                raise ApiError(400, f"the body is not valid gzip: {exc}") from None
+            if len(body) > limit or inflater.unconsumed_tail:
+                raise ApiError(413, f"the unzipped body is over the limit of {limit:,} bytes (max_body_bytes)")
+        elif encoding != "identity":
+            raise ApiError(415, f"Content-Encoding {encoding!r} is not supported; send gzip or nothing")
+        return body
+
+    def events_of(self, request: Request, body: bytes) -> list[Any]:
+        """The events of an ingest body: one JSON object, a JSON array, or JSON Lines."""
+        media = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+        if media in NDJSON_TYPES:
+            events = []
+            for number, line in enumerate(body.splitlines(), 1):
+                if line.strip():
+                    try:
+                        events.append(orjson.loads(line))
+                    except orjson.JSONDecodeError as exc:
+                        raise ApiError(400, f"line {number} is not valid JSON: {exc}", line=number) from None
+        elif media in ("application/json", ""):
+            try:
+                data = orjson.loads(body)
+            except orjson.JSONDecodeError as exc:
+                raise ApiError(400, f"the body is not valid JSON: {exc}") from None
+            events = data if isinstance(data, list) else [data]
+        else:
+            raise ApiError(
+                415, f"Content-Type {media!r} is not supported; send application/json or application/x-ndjson"
+            )
+        if not events:
+            raise ApiError(400, "the body holds no event")
+        limit = self.settings.max_batch_events
+        if len(events) > limit:
+            raise ApiError(413, f"the batch holds {len(events):,} events; the limit is {limit:,} (max_batch_events)")
+        return events
+
+    def query_of(self, request: Request, *, default_limit: int | None = 100) -> Any:
+        """An :class:`EventQuery` from the query string (400 naming the bad parameter)."""
+        params = request.query_params
+        allowed = {"start_time", "end_time", "event_type", "source", "action", "search", "order", "limit", "cursor"}
+        unknown = sorted(set(params) - allowed - {"group_by", "bucket", "after", "format"})
+        if unknown:
+            raise ApiError(400, f"unknown query parameter(s): {', '.join(unknown)}", field=unknown[0])
+        args: dict[str, Any] = {k: params[k] for k in allowed if k in params}
+        for name in ("start_time", "end_time"):
+            if name in args:
+                with contextlib.suppress(ValueError):  # else ISO 8601 text: make_query parses or names it
+                    args[name] = float(args[name])
+        limit = args.pop("limit", None)
+        if limit is None:
+            args["limit"] = default_limit
+        else:
+            if not limit.isdigit() or not 0 < int(limit) <= MAX_PAGE:
+                raise ApiError(400, f"limit must be a whole number from 1 to {MAX_PAGE}, got {limit!r}", field="limit")
+            args["limit"] = int(limit)
+        return make_query(**args)
+
+    # -- endpoints -----------------------------------------------------------------------------
+
+    async def health(self, request: Request) -> Response:
+        stats = self.manager.get_stats()
+        healthy = bool(stats["healthy"])
+        content = {
+            "status": "ok" if healthy else "unhealthy",
+            "state": stats["state"],
+            "writer_healthy": healthy,
+            "queue_size": stats["queue_size"],
+            "last_error": stats["last_error"],
+        }
+        return json_response(content, 200 if healthy else 503)
+
+    async def ingest(self, request: Request) -> Response:
+        """POST events: 202 once queued, or 201 with their ids once committed (``?wait=true``)."""
+        wait = request.query_params.get("wait", "false").lower() in ("1", "true", "yes", "committed")
+        events = self.events_of(request, await self.body(request))
+        rows, errors = prepare_each(events, self.manager.options)
+        if errors:
+            listed = [{"index": e.index, "field": e.field, "message": str(e)} for e in errors[:100]]
+            raise ApiError(
+                422,
+                f"{len(errors)} of {len(events)} events are invalid; nothing was stored",
+                errors=listed,
+            )
+        self.metrics.received.inc(len(rows))
+        if wait:
+            ids = await self.manager.store_rows(rows, overflow="raise")
+            return json_response({"accepted": len(rows), "ids": ids}, 201)
+        self.manager.queue_rows(rows, overflow="raise")
+        return json_response({"accepted": len(rows)}, 202)
+
+    async def list_events(self, request: Request) -> Response:
+        query = self.query_of(request)
+        database = self.manager.database
+        assert database is not None
+        events, cursor = await self.read("events", lambda: database.store.select_events(query))
+        return json_response({"events": events, "next_cursor": cursor})
+
+    async def count(self, request: Request) -> Response:
+        query = self.query_of(request, default_limit=None)
+        group_by = request.query_params.get("group_by")
+        database = self.manager.database
+        assert database is not None
+        if group_by is None:
+            total = await self.read("count", lambda: database.store.count_events(query))
+            return json_response({"total": total})
+        counts = await self.read("count", lambda: database.store.count_by(group_by, query))
+        return json_response({"group_by": group_by, "counts": counts})
+
+    async def histogram(self, request: Request) -> Response:
+        query = self.query_of(request, default_limit=None)
+        raw = request.query_params.get("bucket", "60")
+        try:
+            bucket = float(raw)
+        except ValueError:
+            raise ApiError(400, f"bucket must be a number of seconds, got {raw!r}", field="bucket") from None
+        database = self.manager.database
+        assert database is not None
+        buckets = await self.read("histogram", lambda: database.histogram(bucket, **_filters(query)))
+        return json_response({"bucket": bucket, "buckets": [{"start": t, "count": n} for t, n in buckets]})
+
+    async def stats(self, request: Request) -> Response:
+        return json_response(self.manager.get_stats())
+
+    async def metrics_text(self, request: Request) -> Response:
+        body, media = self.metrics.render(self.manager)
+        return Response(body, media_type=media)
+
+
+def _filters(query: Any) -> dict[str, Any]:
+    return {
+        k: getattr(query, k)
+        for k in ("start_time", "end_time", "event_type", "source", "action", "search")
+        if getattr(query, k) is not None
+    }
+
+
+def _status_of(exc: CelflowError) -> tuple[int, dict[str, str]]:
+    if isinstance(exc, ValidationError):
+        return 400, {}
+    if isinstance(exc, QueueFullError):
+        return 503, {"Retry-After": "1"}
+    if isinstance(exc, QueryTimeoutError):
+        return 503, {}
+    if isinstance(exc, ManagerStateError):
+        return 503, {}
+    return 500, {}
+
+
+def create_app(
+    manager: EventPersistenceManager,
+    settings: HttpConfig | None = None,
+    *,
+    token: str | None = None,
+) -> Starlette:
+    """The ASGI app over a running ``manager``; with a ``token``, all but /health require it."""
+    settings = settings or HttpConfig()
+    metrics = Metrics()
+    manager.add_batch_observer(metrics.observe_batch)
+    api = Api(manager, settings, metrics)
+
+    async def on_api_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        return error_response(exc.status, str(exc), **exc.details)
+
+    async def on_celflow_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, CelflowError)
+        status, headers = _status_of(exc)
+        details: dict[str, Any] = {}
+        if isinstance(exc, ValidationError) and exc.field:
+            details["field"] = exc.field
+        return error_response(status, str(exc), headers, **details)
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return error_response(exc.status_code, str(exc.detail), dict(exc.headers or {}))
+
+    routes = [
+        Route("/health", api.health, methods=["GET"]),
+        Route("/metrics", api.metrics_text, methods=["GET"]),
+        Route(f"{API}/events", api.ingest, methods=["POST"]),
+        Route(f"{API}/events", api.list_events, methods=["GET"]),
+        Route(f"{API}/events/count", api.count, methods=["GET"]),
+        Route(f"{API}/events/histogram", api.histogram, methods=["GET"]),
+        Route(f"{API}/stats", api.stats, methods=["GET"]),
+    ]
+    return Starlette(
+        routes=routes,
+        middleware=[
+            Middleware(
+                Guard,
+                token=token if settings.auth else None,
+                allowed_hosts=settings.allowed_hosts,
+                allowed_origins=settings.allowed_origins,
+            )
+        ],
+        exception_handlers={
+            ApiError: on_api_error,
+            CelflowError: on_celflow_error,
+            HTTPException: on_http_error,
+        },
+    )

@@ -1,0 +1,396 @@
+"""The HTTP API: a real uvicorn server on an ephemeral 127.0.0.1 port, driven by a real httpx client."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from celflow import EventPersistenceManager
+from celflow._config import HttpConfig
+from celflow.server import HttpServer, bind, create_app, load_or_create_token
+from conftest import make_event
+
+TOKEN = "test-token-0123456789"
+CELFLOW_BIN = str(Path(sys.executable).parent / "celflow")
+
+
+class Service:
+    """A manager and its API on a loop in a background thread, as `celflow run` runs them."""
+
+    def __init__(self, db: Path, *, token: str | None = TOKEN, manager: dict[str, Any] | None = None, **http: Any):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        settings = {"database_path": str(db), "stats_interval": 0, "batch_timeout": 0.05, **(manager or {})}
+        self.manager = EventPersistenceManager(settings)
+        self.http_settings = HttpConfig(**{"auth": token is not None, **http})
+        self.token = token
+        self.call(self._start())
+
+    def call(self, coro: Any, timeout: float = 30) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    async def _start(self) -> None:
+        await self.manager.start()
+        app = create_app(self.manager, self.http_settings, token=self.token)
+        self.http = HttpServer(app, bind("127.0.0.1", 0))
+        await self.http.start()
+
+    async def _stop(self) -> None:
+        await self.http.stop()
+        await self.manager.stop()
+
+    def client(self, *, token: str | None = TOKEN) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.http.url, headers=headers, timeout=30)
+
+    def close(self) -> None:
+        self.call(self._stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[Service]:
+    running = Service(tmp_path / "data" / "events.db")
+    yield running
+    running.close()
+
+
+@pytest.fixture
+def client(service: Service) -> Iterator[httpx.Client]:
+    with service.client() as c:
+        yield c
+
+
+def error_of(response: httpx.Response, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body: dict[str, Any] = response.json()["error"]
+    assert body["status"] == status and body["message"]
+    return body
+
+
+# -- security ----------------------------------------------------------------------------------
+
+
+def test_health_needs_no_token(service: Service) -> None:
+    with service.client(token=None) as anonymous:
+        response = anonymous.get("/health")
+    assert response.status_code == 200
+    assert response.json()["status"] == "ok" and response.json()["writer_healthy"] is True
+
+
+@pytest.mark.parametrize("path", ["/api/v1/events", "/api/v1/stats", "/metrics", "/api/v1/events/count"])
+def test_everything_else_needs_the_token(service: Service, path: str) -> None:
+    with service.client(token=None) as anonymous:
+        body = error_of(anonymous.get(path), 401)
+        assert "Bearer" in body["message"]
+    with service.client(token="wrong") as wrong:
+        response = wrong.get(path)
+        error_of(response, 401)
+        assert response.headers["www-authenticate"] == "Bearer"
+    with service.client() as good:
+        assert good.get(path).status_code == 200
+
+
+def test_auth_off(tmp_path: Path) -> None:
+    running = Service(tmp_path / "events.db", token=None)
+    try:
+        with running.client(token=None) as anonymous:
+            assert anonymous.post("/api/v1/events?wait=true", json=make_event()).status_code == 201
+            assert len(anonymous.get("/api/v1/events").json()["events"]) == 1
+    finally:
+        running.close()
+
+
+def test_foreign_host_header_is_refused(service: Service, client: httpx.Client) -> None:
+    """A DNS-rebinding page reaches the port with its own Host name: refused, even with the token."""
+    body = error_of(client.get("/api/v1/stats", headers={"Host": "evil.example"}), 403)
+    assert "allowed_hosts" in body["message"]
+    error_of(client.get("/health", headers={"Host": "evil.example:8537"}), 403)
+    for host in ("localhost", "127.0.0.1:1234", "[::1]:80"):
+        assert client.get("/api/v1/stats", headers={"Host": host}).status_code == 200
+
+
+def test_allowed_hosts_setting(tmp_path: Path) -> None:
+    running = Service(tmp_path / "events.db", allowed_hosts=["celflow.lan"])
+    try:
+        with running.client() as c:
+            assert c.get("/api/v1/stats", headers={"Host": "celflow.lan:8537"}).status_code == 200
+            error_of(c.get("/api/v1/stats", headers={"Host": "other.lan"}), 403)
+    finally:
+        running.close()
+
+
+def test_no_wildcard_cors(client: httpx.Client) -> None:
+    response = client.get("/api/v1/stats", headers={"Origin": "https://evil.example"})
+    assert "access-control-allow-origin" not in response.headers
+
+
+def test_token_file_is_private_and_stable(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    token = load_or_create_token(str(data))
+    assert len(token) >= 40
+    assert (data / "token").stat().st_mode & 0o777 == 0o600
+    assert data.stat().st_mode & 0o777 == 0o700
+    assert load_or_create_token(str(data)) == token
+
+
+# -- ingest ------------------------------------------------------------------------------------
+
+
+def test_ingest_one_queued_then_committed(client: httpx.Client) -> None:
+    queued = client.post("/api/v1/events", json=make_event(event_type="app_focus"))
+    assert queued.status_code == 202 and queued.json() == {"accepted": 1}
+    committed = client.post("/api/v1/events", params={"wait": "true"}, json=[make_event(), make_event()])
+    assert committed.status_code == 201
+    ids = committed.json()["ids"]
+    assert len(ids) == 2 and ids[0] < ids[1]
+    events = client.get("/api/v1/events", params={"order": "asc"}).json()["events"]
+    assert {e["id"] for e in events} >= set(ids)  # committed ones are readable at once
+    assert len(events) == 3  # the queued one was committed before the awaited batch (FIFO)
+
+
+def test_ingest_ndjson_and_gzip(client: httpx.Client) -> None:
+    batch = [make_event(data={"n": i, "text": "x" * 2000}) for i in range(50)]
+    lines = "\n".join(json.dumps(e) for e in batch).encode() + b"\n\n"
+    response = client.post(
+        "/api/v1/events?wait=1",
+        content=gzip.compress(lines),
+        headers={"Content-Type": "application/x-ndjson", "Content-Encoding": "gzip"},
+    )
+    assert response.status_code == 201, response.text
+    ids = response.json()["ids"]
+    stored = client.get("/api/v1/events", params={"limit": 100, "order": "asc"}).json()["events"]
+    assert [e["data"] for e in stored] == [e["data"] for e in batch]
+    # a retry of the same batch is deduplicated: the same ids, nothing new
+    again = client.post("/api/v1/events?wait=1", json=batch)
+    assert again.json()["ids"] == ids
+    assert client.get("/api/v1/events/count").json() == {"total": 50}
+
+
+def test_every_invalid_event_is_reported_with_its_index(client: httpx.Client) -> None:
+    batch = [make_event(), {"source": "x"}, make_event(), make_event(timestamp="yesterday"), make_event()]
+    body = error_of(client.post("/api/v1/events", json=batch), 422)
+    assert "2 of 5" in body["message"] and "nothing was stored" in body["message"]
+    assert [(e["index"], e["field"]) for e in body["errors"]] == [(1, "event_type"), (3, "timestamp")]
+    assert client.get("/api/v1/events/count").json() == {"total": 0}
+
+
+@pytest.mark.parametrize(
+    ("content", "headers", "status", "words"),
+    [
+        (b"{not json", {}, 400, "not valid JSON"),
+        (b"[]", {}, 400, "no event"),
+        (b'{"a": 1}\nnope\n', {"Content-Type": "application/x-ndjson"}, 400, "line 2"),
+        (b"<xml/>", {"Content-Type": "application/xml"}, 415, "Content-Type"),
+        (b"\x1f\x8b broken", {"Content-Encoding": "gzip"}, 400, "gzip"),
+        (b"{}", {"Content-Encoding": "br"}, 415, "Content-Encoding"),
+    ],
+)
+def test_malformed_bodies(
+    client: httpx.Client, content: bytes, headers: dict[str, str], status: int, words: str
+) -> None:
+    body = error_of(client.post("/api/v1/events", content=content, headers=headers), status)
+    assert words in body["message"]
+
+
+def test_size_limits(tmp_path: Path) -> None:
+    running = Service(tmp_path / "events.db", max_body_bytes=4096, max_batch_events=5)
+    try:
+        with running.client() as c:
+            big = [make_event(data={"text": "y" * 5000})]
+            assert "max_body_bytes" in error_of(c.post("/api/v1/events", json=big), 413)["message"]
+            bomb = gzip.compress(json.dumps(big).encode())  # small on the wire, too big unzipped
+            assert len(bomb) < 4096
+            response = c.post("/api/v1/events", content=bomb, headers={"Content-Encoding": "gzip"})
+            assert "unzipped" in error_of(response, 413)["message"]
+            many = [make_event() for _ in range(6)]
+            assert "max_batch_events" in error_of(c.post("/api/v1/events", json=many), 413)["message"]
+            long_search = c.get("/api/v1/events", params={"search": "s" * 5000})
+            assert error_of(long_search, 400)["field"] == "search"
+    finally:
+        running.close()
+
+
+def test_a_full_queue_answers_503_with_retry_after(tmp_path: Path) -> None:
+    running = Service(tmp_path / "events.db", manager={"max_queue_size": 10, "batch_size": 1000, "batch_timeout": 600})
+    try:
+        with running.client() as c:
+            assert c.post("/api/v1/events", json=[make_event() for _ in range(10)]).status_code == 202
+            response = c.post("/api/v1/events", json=make_event())
+            assert "queue" in error_of(response, 503)["message"]
+            assert response.headers["retry-after"] == "1"
+    finally:
+        running.close()
+
+
+# -- reads -------------------------------------------------------------------------------------
+
+
+def seed(client: httpx.Client, n: int = 30, t0: float | None = None) -> list[int]:
+    t0 = time.time() - 3600 if t0 is None else t0
+    batch = [
+        make_event(
+            timestamp=t0 + i * 60,
+            event_type=["file_op", "app_focus", "process"][i % 3],
+            source="filesystem" if i % 2 else "window",
+            data={"i": i, "word": "needle" if i == 7 else "hay"},
+        )
+        for i in range(n)
+    ]
+    ids: list[int] = client.post("/api/v1/events?wait=true", json=batch).json()["ids"]
+    return ids
+
+
+def test_query_filters_and_cursor_pages(client: httpx.Client) -> None:
+    t0 = time.time() - 3600
+    ids = seed(client, t0=t0)
+    typed = client.get("/api/v1/events", params={"event_type": "process", "source": "filesystem"}).json()
+    assert {e["data"]["i"] for e in typed["events"]} == {i for i in range(30) if i % 3 == 2 and i % 2}
+    found = client.get("/api/v1/events", params={"search": "NEEDLE"}).json()["events"]
+    assert [e["data"]["i"] for e in found] == [7]
+    seen, cursor = [], None
+    while True:
+        params: dict[str, Any] = {"limit": 7, "order": "asc"}
+        if cursor:
+            params["cursor"] = cursor
+        page = client.get("/api/v1/events", params=params).json()
+        seen += [e["id"] for e in page["events"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == ids
+    window = client.get("/api/v1/events", params={"start_time": t0 + 600.5, "limit": 1000})
+    assert len(window.json()["events"]) == 19  # i = 11..29
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"limit": "0"}, "limit"),
+        ({"limit": "many"}, "limit"),
+        ({"order": "sideways"}, "order"),
+        ({"start_time": "not a time"}, "start_time"),
+        ({"cursor": "garbage"}, "cursor"),
+        ({"colour": "red"}, "colour"),
+    ],
+)
+def test_bad_query_parameters(client: httpx.Client, params: dict[str, str], field: str) -> None:
+    body = error_of(client.get("/api/v1/events", params=params), 400)
+    assert body.get("field") == field or field in body["message"]
+
+
+def test_counts_and_histogram(client: httpx.Client) -> None:
+    seed(client)
+    assert client.get("/api/v1/events/count").json() == {"total": 30}
+    by_type = client.get("/api/v1/events/count", params={"group_by": "event_type"}).json()
+    assert by_type["counts"] == {"file_op": 10, "app_focus": 10, "process": 10}
+    error_of(client.get("/api/v1/events/count", params={"group_by": "data"}), 400)
+    hist = client.get("/api/v1/events/histogram", params={"bucket": 600}).json()
+    assert sum(b["count"] for b in hist["buckets"]) == 30
+    error_of(client.get("/api/v1/events/histogram", params={"bucket": "wide"}), 400)
+
+
+def test_query_time_limit(tmp_path: Path) -> None:
+    running = Service(tmp_path / "events.db", query_timeout=1e-9)
+    try:
+        with running.client() as c:
+            seed(c, 3000)
+            body = error_of(c.get("/api/v1/events", params={"search": "nothing like this", "limit": 10}), 503)
+            assert "limit" in body["message"]
+    finally:
+        running.close()
+
+
+def test_stats_and_metrics(client: httpx.Client) -> None:
+    seed(client)
+    client.post("/api/v1/events?wait=true", json=make_event(data={"again": 1}))
+    stats = client.get("/api/v1/stats").json()
+    assert stats["total_stored"] == 31 and stats["healthy"] is True
+    client.get("/api/v1/events")
+    response = client.get("/metrics")
+    assert response.headers["content-type"].startswith("text/plain")
+    families = {f.name: f for f in text_string_to_metric_families(response.text)}
+    value = {s.name: s.value for f in families.values() for s in f.samples if not s.labels}
+    assert value["celflow_events_stored_total"] == 31
+    assert value["celflow_http_events_received_total"] == 31
+    assert value["celflow_database_events"] == 31
+    assert value["celflow_queue_size"] == 0
+    assert value["celflow_batch_seconds_count"] >= 2
+    assert value["celflow_database_size_bytes"] > 0
+    queries = [s for s in families["celflow_query_seconds"].samples if s.name.endswith("_count")]
+    assert any(s.labels["endpoint"] == "events" and s.value >= 1 for s in queries)
+
+
+def test_unknown_routes_and_methods_answer_json(client: httpx.Client) -> None:
+    error_of(client.get("/api/v1/nothing"), 404)
+    error_of(client.delete("/api/v1/events"), 405)
+
+
+# -- the service -------------------------------------------------------------------------------
+
+
+def test_celflow_run_serves_the_api_and_stops_on_sigterm(tmp_path: Path) -> None:
+    """`celflow run --port 0`: the address in service.json, the token in the data folder, exit 0."""
+    data = tmp_path / "data"
+    service = subprocess.Popen(
+        [CELFLOW_BIN, "run", "--db", str(data / "events.db"), "--no-fs", "--no-processes", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not (data / "service.json").exists():
+            assert service.poll() is None and time.monotonic() < deadline, "the service did not start"
+            time.sleep(0.05)
+        info = json.loads((data / "service.json").read_text())
+        assert (data / "service.json").stat().st_mode & 0o777 == 0o600
+        token = (data / "token").read_text().strip()
+        with httpx.Client(base_url=info["url"], headers={"Authorization": f"Bearer {token}"}) as c:
+            assert c.get("/health").json()["status"] == "ok"
+            assert c.post("/api/v1/events", json=[make_event() for _ in range(100)]).status_code == 202
+    finally:
+        service.send_signal(signal.SIGTERM)
+        output, _ = service.communicate(timeout=30)
+    assert service.returncode == 0, output
+    assert not (data / "service.json").exists()
+    listed = subprocess.run(
+        [CELFLOW_BIN, "events", "stats", "--db", str(data / "events.db"), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert json.loads(listed.stdout)["total_events"] == 100, listed.stdout
+
+
+def test_a_busy_port_is_a_clear_error(tmp_path: Path) -> None:
+    holder = bind("127.0.0.1", 0)
+    try:
+        port = holder.getsockname()[1]
+        result = subprocess.run(
+            [CELFLOW_BIN, "run", "--db", str(tmp_path / "events.db"), "--no-fs", "--no-processes", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    finally:
+        holder.close()
+    assert result.returncode != 0
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr and "--port" in result.stderr

@@ -17,6 +17,8 @@ from typing import Any
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect as ws_connect
 
 from celflow import EventPersistenceManager
 from celflow._config import HttpConfig
@@ -394,3 +396,136 @@ def test_a_busy_port_is_a_clear_error(tmp_path: Path) -> None:
         holder.close()
     assert result.returncode != 0
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr and "--port" in result.stderr
+
+
+# -- live streams ------------------------------------------------------------------------------
+
+
+def ws_url(service: Service, **params: Any) -> str:
+    query = "&".join(f"{k}={v}" for k, v in params.items())
+    return service.http.url.replace("http://", "ws://") + "/api/v1/stream" + (f"?{query}" if query else "")
+
+
+def auth(token: str = TOKEN) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def receive_events(ws: Any, count: int, timeout: float = 10) -> list[dict[str, Any]]:
+    """Messages from ``ws`` until ``count`` events came (fails on more, or on a timeout)."""
+    got: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < count:
+        message = json.loads(ws.recv(timeout=max(0.01, deadline - time.monotonic())))
+        got += message["events"]
+        assert message["last_id"] == got[-1]["id"]
+    assert len(got) == count
+    return got
+
+
+def test_stream_delivers_live_events_with_filters(service: Service, client: httpx.Client) -> None:
+    seed(client, 5)  # stored before the subscription: not sent without `after`
+    with ws_connect(ws_url(service, event_type="app_focus"), additional_headers=auth()) as ws:
+        start = json.loads(ws.recv(timeout=10))["last_id"]
+        assert start == 5
+        client.post("/api/v1/events", json=[make_event(event_type=t) for t in ["file_op", "app_focus"] * 3])
+        events = receive_events(ws, 3)
+        assert {e["event_type"] for e in events} == {"app_focus"}
+        assert [e["id"] for e in events] == sorted(e["id"] for e in events)
+        with pytest.raises(TimeoutError):
+            ws.recv(timeout=0.3)  # nothing more matches
+
+
+def test_stream_resumes_after_a_killed_subscriber(service: Service, client: httpx.Client) -> None:
+    """SIGKILL a subscriber mid-stream; reconnecting with `after` gets exactly what it missed."""
+    ids = seed(client, 40)
+    script = (
+        "import json, sys\n"
+        "from websockets.sync.client import connect\n"
+        "with connect(sys.argv[1], additional_headers={'Authorization': sys.argv[2]}) as ws:\n"
+        "    while True:\n"
+        "        m = json.loads(ws.recv())\n"
+        "        print(m['last_id'], len(m.get('events', [])), flush=True)\n"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", script, ws_url(service, after=0), f"Bearer {TOKEN}"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().split() == ["0", "0"]  # where it starts
+        first = child.stdout.readline().split()  # the stored 40 come first, in one page
+        assert first == [str(ids[-1]), "40"]
+        more = client.post("/api/v1/events?wait=1", json=[make_event() for _ in range(3)]).json()["ids"]
+        assert child.stdout.readline().split() == [str(more[-1]), "3"]
+    finally:
+        child.kill()
+        child.wait()
+    missed = client.post("/api/v1/events?wait=1", json=[make_event() for _ in range(25)]).json()["ids"]
+    with ws_connect(ws_url(service, after=more[-1]), additional_headers=auth()) as ws:
+        assert json.loads(ws.recv(timeout=10))["last_id"] == more[-1]
+        assert [e["id"] for e in receive_events(ws, 25)] == missed
+        live = client.post("/api/v1/events?wait=1", json=[make_event()]).json()["ids"]
+        assert [e["id"] for e in receive_events(ws, 1)] == live
+
+
+def test_stream_refuses_foreign_origins_and_missing_tokens(service: Service) -> None:
+    with pytest.raises(InvalidStatus) as refused:
+        ws_connect(ws_url(service), additional_headers=auth(), origin="https://evil.example")  # type: ignore[arg-type]
+    assert refused.value.response.status_code == 403
+    with pytest.raises(InvalidStatus) as anonymous:
+        ws_connect(ws_url(service))
+    assert anonymous.value.response.status_code == 401
+    with ws_connect(ws_url(service), additional_headers=auth(), origin="http://localhost:3000") as ws:  # type: ignore[arg-type]
+        assert "last_id" in json.loads(ws.recv(timeout=10))
+
+
+def test_stream_bad_parameters_close_with_a_reason(service: Service) -> None:
+    with ws_connect(ws_url(service, after="yesterday"), additional_headers=auth()) as ws:
+        error = json.loads(ws.recv(timeout=10))["error"]
+        assert "after" in error["message"]
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=10)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+
+
+def test_server_stop_closes_streams(tmp_path: Path) -> None:
+    """A stop ends WebSocket and SSE streams at once instead of waiting out the graceful timeout."""
+    running = Service(tmp_path / "events.db")
+    with (
+        running.client() as c,
+        c.stream("GET", "/api/v1/stream/sse") as sse,
+        ws_connect(ws_url(running), additional_headers=auth()) as ws,
+    ):
+        lines = sse.iter_lines()
+        assert next(lines).startswith(": events after id 0")
+        json.loads(ws.recv(timeout=10))
+        started = time.monotonic()
+        running.close()
+        assert time.monotonic() - started < 4  # not the 5 s graceful timeout
+        with pytest.raises(ConnectionClosed):
+            ws.recv(timeout=10)
+        assert list(lines) == [""]  # the SSE response ended
+
+
+def test_server_sent_events_resume_with_last_event_id(service: Service, client: httpx.Client) -> None:
+    ids = seed(client, 10)
+    with client.stream("GET", "/api/v1/stream/sse", params={"after": ids[3]}) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        got = sse_ids(response.iter_lines(), 6)
+    assert got == ids[4:]
+    with client.stream("GET", "/api/v1/stream/sse", headers={"Last-Event-ID": str(ids[7])}) as response:
+        got = sse_ids(response.iter_lines(), 2)
+    assert got == ids[8:]
+
+
+def sse_ids(lines: Iterator[str], count: int) -> list[int]:
+    ids: list[int] = []
+    for line in lines:
+        if line.startswith("id: "):
+            ids.append(int(line[4:]))
+        elif line.startswith("data: "):
+            assert json.loads(line[6:])["id"] == ids[-1]
+        if len(ids) == count:
+            break
+    return ids

@@ -15,8 +15,9 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from .._config import HttpConfig
 from .._database import make_query
@@ -25,6 +26,7 @@ from .._exceptions import CelflowError, ManagerStateError, QueryTimeoutError, Qu
 from .._manager import EventPersistenceManager
 from ._guard import Guard
 from ._metrics import Metrics
+from ._stream import CommitSignal, follow, page_query
 
 __all__ = ["create_app"]
 
@@ -59,6 +61,16 @@ class Api:
         self.manager = manager
         self.settings = settings
         self.metrics = metrics
+        self.signal = CommitSignal()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def on_batch(self, seconds: float, inserted: int) -> None:
+        """Writer thread, after each commit: metrics, and wake the live streams."""
+        self.metrics.observe_batch(seconds, inserted)
+        loop = self._loop
+        if inserted and loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop closed
+                loop.call_soon_threadsafe(self.signal.bump)
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -217,6 +229,88 @@ class Api:
         buckets = await self.read("histogram", lambda: database.histogram(bucket, **_filters(query)))
         return json_response({"bucket": bucket, "buckets": [{"start": t, "count": n} for t, n in buckets]})
 
+    def stream_args(self, params: Any) -> tuple[Any, int]:
+        """The filters of a stream and where it starts (``after``: an id; default: now)."""
+        unknown = sorted(set(params) - {"event_type", "source", "action", "search", "after"})
+        if unknown:
+            raise ApiError(400, f"unknown query parameter(s): {', '.join(unknown)}", field=unknown[0])
+        query = make_query(
+            event_type=params.get("event_type"),
+            source=params.get("source"),
+            action=params.get("action"),
+            search=params.get("search"),
+            limit=None,
+        )
+        raw = params.get("after")
+        if raw is None:
+            return query, -1
+        if not raw.isdigit():
+            raise ApiError(400, f"after must be an event id (a whole number >= 0), got {raw!r}", field="after")
+        return query, int(raw)
+
+    async def _pages(self, query: Any, after: int, closed: asyncio.Event) -> Any:
+        """The stream's pages, after the id ``after`` (-1: the newest event now)."""
+        self._loop = asyncio.get_running_loop()
+        database = self.manager.database
+        assert database is not None
+        store, q = database.store, page_query(query)
+        if after < 0:
+            after = await self.read("stream", store.last_id)
+
+        async def read(after_id: int) -> Any:
+            return await self.read("stream", lambda: store.select_after(after_id, q))
+
+        return after, follow(read, after, self.signal, closed)
+
+    async def stream_ws(self, websocket: WebSocket) -> None:
+        """WebSocket: ``{"last_id": n}`` first, then ``{"events": [...], "last_id": n}`` messages."""
+        await websocket.accept()
+        try:
+            query, after = self.stream_args(websocket.query_params)
+        except (CelflowError, ApiError) as exc:  # said in a message, then a policy-violation close
+            status = exc.status if isinstance(exc, ApiError) else 400
+            await websocket.send_text(_json.encode({"error": {"status": status, "message": str(exc)}}).decode())
+            await websocket.close(code=1008)
+            return
+        closed = asyncio.Event()
+
+        async def watch() -> None:
+            try:
+                while (await websocket.receive())["type"] != "websocket.disconnect":
+                    pass
+            finally:
+                closed.set()
+
+        watcher = asyncio.create_task(watch())
+        try:
+            start, pages = await self._pages(query, after, closed)
+            await websocket.send_text(_json.encode({"last_id": start}).decode())
+            async for page in pages:
+                message = {"events": page, "last_id": page[-1].id}
+                await websocket.send_text(_json.encode(message).decode())
+            if not closed.is_set():
+                await websocket.close(code=1001)  # the server is stopping
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            pass  # the client left
+        finally:
+            watcher.cancel()
+
+    async def stream_sse(self, request: Request) -> Response:
+        """Server-Sent Events: one ``event`` per stored event, its id as the SSE id (Last-Event-ID resumes)."""
+        params = dict(request.query_params)
+        if "after" not in params and request.headers.get("last-event-id"):
+            params["after"] = request.headers["last-event-id"]
+        query, after = self.stream_args(params)
+        start, pages = await self._pages(query, after, asyncio.Event())
+
+        async def body() -> Any:
+            yield f": events after id {start}\n\n".encode()
+            async for page in pages:
+                yield b"".join(b"id: %d\nevent: event\ndata: %s\n\n" % (e.id, _json.encode(e)) for e in page)
+
+        headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+        return StreamingResponse(body(), media_type="text/event-stream", headers=headers)
+
     async def stats(self, request: Request) -> Response:
         return json_response(self.manager.get_stats())
 
@@ -254,8 +348,8 @@ def create_app(
     """The ASGI app over a running ``manager``; with a ``token``, all but /health require it."""
     settings = settings or HttpConfig()
     metrics = Metrics()
-    manager.add_batch_observer(metrics.observe_batch)
     api = Api(manager, settings, metrics)
+    manager.add_batch_observer(api.on_batch)
 
     async def on_api_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
@@ -281,8 +375,10 @@ def create_app(
         Route(f"{API}/events/count", api.count, methods=["GET"]),
         Route(f"{API}/events/histogram", api.histogram, methods=["GET"]),
         Route(f"{API}/stats", api.stats, methods=["GET"]),
+        Route(f"{API}/stream/sse", api.stream_sse, methods=["GET"]),
+        WebSocketRoute(f"{API}/stream", api.stream_ws),
     ]
-    return Starlette(
+    app = Starlette(
         routes=routes,
         middleware=[
             Middleware(
@@ -298,3 +394,5 @@ def create_app(
             HTTPException: on_http_error,
         },
     )
+    app.state.stop_streams = api.signal.stopping.set  # HttpServer.stop() ends the live streams first
+    return app

@@ -45,6 +45,7 @@ class HttpServer:
             server_header=False,
             timeout_graceful_shutdown=graceful_seconds,
         )
+        self.app = app
         self.server = _Server(config)
         self.socket = sock
         self._task: asyncio.Task[None] | None = None
@@ -67,6 +68,9 @@ class HttpServer:
         """Stop accepting, let running requests finish (up to the graceful timeout), close."""
         if self._task is None:
             return
+        stop_streams = getattr(getattr(self.app, "state", None), "stop_streams", None)
+        if callable(stop_streams):
+            stop_streams()  # live streams end, so requests can finish
         self.server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError):
             await self._task

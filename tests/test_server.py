@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import csv
 import gzip
+import io
 import json
 import signal
 import subprocess
@@ -529,3 +531,48 @@ def sse_ids(lines: Iterator[str], count: int) -> list[int]:
         if len(ids) == count:
             break
     return ids
+
+
+# -- export, patterns, system stats ------------------------------------------------------------
+
+
+def test_export_streams_jsonl_and_csv_across_pages(client: httpx.Client) -> None:
+    ids = seed(client, 2500)  # three pages of 1,000
+    with client.stream("GET", "/api/v1/export") as response:
+        assert response.headers["content-type"].startswith("application/x-ndjson")
+        lines = [json.loads(line) for line in response.iter_lines() if line]
+    assert [e["id"] for e in lines] == ids  # oldest first
+    assert lines[7]["data"] == {"i": 7, "word": "needle"}
+    response = client.get("/api/v1/export", params={"format": "csv", "event_type": "process"})
+    assert response.headers["content-type"].startswith("text/csv")
+    table = list(csv.reader(io.StringIO(response.text)))
+    assert table[0] == ["id", "timestamp", "event_type", "action", "source", "data", "hash", "processed", "created_at"]
+    assert len(table) == 1 + len([i for i in range(2500) if i % 3 == 2])
+    assert {row[2] for row in table[1:]} == {"process"}
+    assert json.loads(table[1][5]) == {"i": 2, "word": "hay"}
+    error_of(client.get("/api/v1/export", params={"format": "xml"}), 400)
+
+
+def test_patterns_read_and_write(client: httpx.Client) -> None:
+    (event_id,) = client.post("/api/v1/events?wait=1", json=make_event()).json()["ids"]
+    body = {"pattern_type": "routine", "confidence": 0.8, "pattern_data": {"k": [1, 2]}, "event_id": event_id}
+    created = client.post("/api/v1/patterns", json=body)
+    assert created.status_code == 201
+    client.post("/api/v1/patterns", json={"pattern_type": "other", "confidence": 0.2, "pattern_data": "x"})
+    found = client.get("/api/v1/patterns", params={"min_confidence": 0.5}).json()["patterns"]
+    assert len(found) == 1 and found[0]["id"] == created.json()["id"] and found[0]["pattern_data"] == {"k": [1, 2]}
+    assert error_of(client.post("/api/v1/patterns", json={"pattern_type": "x"}), 400)["field"] == "confidence"
+    bad = client.post("/api/v1/patterns", json={"pattern_type": "x", "confidence": "high", "pattern_data": 1})
+    assert error_of(bad, 400)["field"] == "confidence"
+    error_of(client.get("/api/v1/patterns", params={"limit": "-1"}), 400)
+
+
+def test_system_stats_read_and_write(client: httpx.Client) -> None:
+    for n in (10, 20):
+        response = client.post("/api/v1/system-stats", json={"total_events": n, "avg_fitness": 0.5})
+        assert response.status_code == 201
+    snapshots = client.get("/api/v1/system-stats").json()["system_stats"]
+    assert [s["total_events"] for s in snapshots] == [20, 10]
+    assert error_of(client.post("/api/v1/system-stats", json={"colour": 1}), 400)["field"] == "colour"
+    assert error_of(client.post("/api/v1/system-stats", json={"total_events": "many"}), 400)["field"] == "total_events"
+    error_of(client.post("/api/v1/system-stats", content=b"[1]"), 400)

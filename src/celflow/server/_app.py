@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import csv
+import functools
+import io
+import math
 import time
 import zlib
 from collections.abc import Callable
@@ -24,6 +28,7 @@ from .._database import make_query
 from .._encoding import prepare_each
 from .._exceptions import CelflowError, ManagerStateError, QueryTimeoutError, QueueFullError, ValidationError
 from .._manager import EventPersistenceManager
+from .._types import StoredEvent
 from ._guard import Guard
 from ._metrics import Metrics
 from ._stream import CommitSignal, follow, page_query
@@ -311,12 +316,171 @@ class Api:
         headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
         return StreamingResponse(body(), media_type="text/event-stream", headers=headers)
 
+    async def export(self, request: Request) -> Response:
+        """All matching events, oldest first, streamed page by page as JSON Lines or CSV."""
+        fmt = request.query_params.get("format", "jsonl")
+        if fmt not in ("jsonl", "csv"):
+            raise ApiError(400, f"format must be 'jsonl' or 'csv', got {fmt!r}", field="format")
+        query = msgspec.structs.replace(self.query_of(request, default_limit=None), limit=PAGE_SIZE)
+        if "order" not in request.query_params:
+            query = msgspec.structs.replace(query, order="asc")
+        database = self.manager.database
+        assert database is not None
+        store = database.store
+
+        async def rows() -> Any:
+            if fmt == "csv":
+                yield _csv_line(CSV_COLUMNS)
+            page_query = query
+            while True:
+                events, cursor = await self.read("export", functools.partial(store.select_events, page_query))
+                if fmt == "csv":
+                    yield b"".join(_csv_line(_csv_values(e)) for e in events)
+                else:
+                    yield b"".join(_json.encode(e) + b"\n" for e in events)
+                if cursor is None:
+                    return
+                page_query = msgspec.structs.replace(page_query, cursor=cursor)
+
+        media = "text/csv; charset=utf-8" if fmt == "csv" else "application/x-ndjson"
+        disposition = f'attachment; filename="celflow-events.{fmt}"'
+        return StreamingResponse(rows(), media_type=media, headers={"Content-Disposition": disposition})
+
+    async def json_body(self, request: Request) -> dict[str, Any]:
+        try:
+            data = orjson.loads(await self.body(request))
+        except orjson.JSONDecodeError as exc:
+            raise ApiError(400, f"the body is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise ApiError(400, "the body must be a JSON object")
+        return data
+
+    async def list_patterns(self, request: Request) -> Response:
+        params = request.query_params
+        _only(params, {"pattern_type", "event_id", "embryo_id", "min_confidence", "limit"})
+        filters = {
+            "pattern_type": params.get("pattern_type"),
+            "embryo_id": params.get("embryo_id"),
+            "event_id": _int_param(params, "event_id"),
+            "min_confidence": _float_param(params, "min_confidence"),
+            "limit": _int_param(params, "limit", 100, low=1, high=MAX_PAGE),
+        }
+        database = self.manager.database
+        assert database is not None
+        patterns = await self.read("patterns", lambda: database.patterns(**filters))
+        return json_response({"patterns": patterns})
+
+    async def add_pattern(self, request: Request) -> Response:
+        data = await self.json_body(request)
+        unknown = sorted(set(data) - {"pattern_type", "confidence", "pattern_data", "event_id", "embryo_id"})
+        if unknown:
+            raise ApiError(400, f"unknown field(s): {', '.join(unknown)}", field=unknown[0])
+        for name in ("pattern_type", "confidence", "pattern_data"):
+            if name not in data:
+                raise ApiError(400, f"{name} is required", field=name)
+        database = self.manager.database
+        assert database is not None
+        new_id = await asyncio.to_thread(
+            database.store_pattern,
+            data["pattern_type"],
+            data["confidence"],
+            data["pattern_data"],
+            event_id=data.get("event_id"),
+            embryo_id=data.get("embryo_id"),
+        )
+        return json_response({"id": new_id}, 201)
+
+    async def list_system_stats(self, request: Request) -> Response:
+        params = request.query_params
+        _only(params, {"start_time", "end_time", "limit"})
+        args = {
+            "start_time": _float_param(params, "start_time"),
+            "end_time": _float_param(params, "end_time"),
+            "limit": _int_param(params, "limit", 100, low=1, high=MAX_PAGE),
+        }
+        database = self.manager.database
+        assert database is not None
+        snapshots = await self.read("system_stats", lambda: database.system_stats(**args))
+        return json_response({"system_stats": snapshots})
+
+    async def add_system_stats(self, request: Request) -> Response:
+        data = await self.json_body(request)
+        fields = {"timestamp", "total_events", "events_per_second", "active_embryos", "avg_fitness", "storage_mb"}
+        unknown = sorted(set(data) - fields)
+        if unknown:
+            raise ApiError(400, f"unknown field(s): {', '.join(unknown)}", field=unknown[0])
+        for name, value in data.items():
+            if (
+                name != "timestamp"
+                and value is not None
+                and (isinstance(value, bool) or not isinstance(value, (int, float)))
+            ):
+                raise ApiError(400, f"{name} must be a number or null, got {value!r}", field=name)
+        database = self.manager.database
+        assert database is not None
+        new_id = await asyncio.to_thread(functools.partial(database.record_system_stats, **data))
+        return json_response({"id": new_id}, 201)
+
     async def stats(self, request: Request) -> Response:
         return json_response(self.manager.get_stats())
 
     async def metrics_text(self, request: Request) -> Response:
         body, media = self.metrics.render(self.manager)
         return Response(body, media_type=media)
+
+
+PAGE_SIZE = 1000
+CSV_COLUMNS = ("id", "timestamp", "event_type", "action", "source", "data", "hash", "processed", "created_at")
+
+
+def _csv_values(event: StoredEvent) -> list[Any]:
+    data = orjson.dumps(event.data, option=orjson.OPT_SORT_KEYS).decode()
+    return [
+        event.id,
+        repr(event.timestamp),
+        event.event_type,
+        event.action,
+        event.source,
+        data,
+        event.hash,
+        int(event.processed),
+        event.created_at,
+    ]
+
+
+def _csv_line(values: Any) -> bytes:
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\r\n").writerow(["" if v is None else v for v in values])
+    return out.getvalue().encode()
+
+
+def _only(params: Any, allowed: set[str]) -> None:
+    unknown = sorted(set(params) - allowed)
+    if unknown:
+        raise ApiError(400, f"unknown query parameter(s): {', '.join(unknown)}", field=unknown[0])
+
+
+def _int_param(params: Any, name: str, default: int | None = None, *, low: int = 0, high: int | None = None) -> Any:
+    raw = params.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or int(raw) < low or (high is not None and int(raw) > high):
+        span = f"from {low} to {high}" if high is not None else f">= {low}"
+        raise ApiError(400, f"{name} must be a whole number {span}, got {raw!r}", field=name)
+    return int(raw)
+
+
+def _float_param(params: Any, name: str) -> float | None:
+    raw = params.get(name)
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ApiError(400, f"{name} must be a number, got {raw!r}", field=name) from None
+    if not math.isfinite(value):
+        raise ApiError(400, f"{name} must be a finite number, got {raw!r}", field=name)
+    return value
 
 
 def _filters(query: Any) -> dict[str, Any]:
@@ -376,6 +540,11 @@ def create_app(
         Route(f"{API}/events/histogram", api.histogram, methods=["GET"]),
         Route(f"{API}/stats", api.stats, methods=["GET"]),
         Route(f"{API}/stream/sse", api.stream_sse, methods=["GET"]),
+        Route(f"{API}/export", api.export, methods=["GET"]),
+        Route(f"{API}/patterns", api.list_patterns, methods=["GET"]),
+        Route(f"{API}/patterns", api.add_pattern, methods=["POST"]),
+        Route(f"{API}/system-stats", api.list_system_stats, methods=["GET"]),
+        Route(f"{API}/system-stats", api.add_system_stats, methods=["POST"]),
         WebSocketRoute(f"{API}/stream", api.stream_ws),
     ]
     app = Starlette(

@@ -29,6 +29,7 @@ EXPECTED = {
     "QueryTimeoutError",
     "QueueFullError",
     "SchemaVersionError",
+    "ServiceError",
     "StoredEvent",
     "SystemStats",
     "ValidationError",

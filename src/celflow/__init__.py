@@ -22,6 +22,7 @@ from ._exceptions import (
     QueryTimeoutError,
     QueueFullError,
     SchemaVersionError,
+    ServiceError,
     ValidationError,
     WriterBusyError,
 )
@@ -59,6 +60,7 @@ __all__ = [
     "QueryTimeoutError",
     "QueueFullError",
     "SchemaVersionError",
+    "ServiceError",
     "StoredEvent",
     "SystemStats",
     "ValidationError",

@@ -8,18 +8,22 @@ Tree::
     ├── QueueFullError           the manager's queue is full and the overflow policy said raise
     ├── ManagerStateError        the manager was used before start() or after stop()
     ├── ExportError              an export could not be written (file exists, no such folder)
+    ├── ServiceError             the HTTP service answered an error or could not be reached
     └── PersistenceError         anything the storage layer reports (PEP 249 style)
         ├── DatabaseNotFoundError    no database at the path (read-only opens never create one)
         ├── NotACelflowDatabaseError the file is not SQLite, or not CelFlow's; it was not modified
         ├── SchemaVersionError       the file was written by a newer CelFlow
         ├── WriterBusyError          another process is already writing this database
         ├── DatabaseClosedError      the EventDatabase was used after close()
-        └── OperationalError         the database engine failed (I/O, disk full, locked too long)
+        ├── OperationalError         the database engine failed (I/O, disk full, locked too long)
+        └── QueryTimeoutError        a read ran past its time limit and was interrupted
 
 Driver errors are translated in one place (:func:`celflow._sqlite.translate`).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 __all__ = [
     "CelflowError",
@@ -34,6 +38,7 @@ __all__ = [
     "QueryTimeoutError",
     "QueueFullError",
     "SchemaVersionError",
+    "ServiceError",
     "ValidationError",
     "WriterBusyError",
 ]
@@ -99,3 +104,12 @@ class OperationalError(PersistenceError):
 
 class QueryTimeoutError(PersistenceError):
     """A read ran past its time limit and was interrupted."""
+
+
+class ServiceError(CelflowError):
+    """The CelFlow service answered with an error, or could not be reached."""
+
+    def __init__(self, message: str, *, status: int | None = None, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.status = status  # None: no answer (connection refused, timed out)
+        self.details = details or {}

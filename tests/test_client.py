@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import queue
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from celflow import EventDatabase, ServiceError
+from celflow._service import write_service_file
 from celflow.client import AsyncClient, Client, discover
 from celflow.server import bind
 from conftest import make_event
@@ -143,3 +149,74 @@ def test_async_client(service: Service) -> None:
             await stream.aclose()
 
     asyncio.run(scenario())
+
+
+CELFLOW_BIN = str(Path(sys.executable).parent / "celflow")
+
+
+def read_lines(process: subprocess.Popen[str], count: int, timeout: float = 15) -> list[dict[str, Any]]:
+    """``count`` JSON lines from the process's stdout (fails after ``timeout``)."""
+    lines: queue.Queue[str] = getattr(process, "lines", None) or queue.Queue()
+    if not hasattr(process, "lines"):
+        process.lines = lines  # type: ignore[attr-defined]
+        assert process.stdout is not None
+        stdout = process.stdout
+        threading.Thread(target=lambda: [lines.put(line) for line in stdout], daemon=True).start()
+    got = []
+    for _ in range(count):
+        try:
+            got.append(json.loads(lines.get(timeout=timeout)))
+        except queue.Empty:
+            raise AssertionError(f"got {len(got)} of {count} lines") from None
+    return got
+
+
+def test_tail_follow_reads_the_database_without_a_service(tmp_path: Path) -> None:
+    db = tmp_path / "events.db"
+    with EventDatabase(db) as database:
+        database.store_events_batch([make_event(data={"i": i}) for i in range(5)])
+        tail = subprocess.Popen(
+            [CELFLOW_BIN, "events", "tail", "-n", "2", "-f", "--json", "--db", str(db)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert [e["data"]["i"] for e in read_lines(tail, 2)] == [3, 4]
+            database.store_events_batch([make_event(data={"i": i}, event_type="x") for i in range(5, 8)])
+            assert [e["data"]["i"] for e in read_lines(tail, 3)] == [5, 6, 7]
+        finally:
+            tail.send_signal(signal.SIGINT)
+            tail.communicate(timeout=10)
+    assert tail.returncode == 0
+
+
+def test_tail_follow_uses_the_running_service(service: Service) -> None:
+    data = Path(service.manager.settings.database_path).parent
+    write_service_file(str(data), service.http.url)
+    (data / "token").write_text(TOKEN)
+    with Client(service.http.url, TOKEN) as client:
+        client.send_batch([make_event(data={"i": i}) for i in range(4)], wait=True)
+        tail = subprocess.Popen(
+            [
+                CELFLOW_BIN,
+                "events",
+                "tail",
+                "-n",
+                "1",
+                "-f",
+                "--json",
+                "--type",
+                "file_op",
+                "--db",
+                str(data / "events.db"),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert [e["data"]["i"] for e in read_lines(tail, 1)] == [3]
+            client.send_batch([make_event(data={"i": 4}, event_type="other"), make_event(data={"i": 5})], wait=True)
+            assert [e["data"]["i"] for e in read_lines(tail, 1)] == [5]  # the filter holds on live events
+        finally:
+            tail.send_signal(signal.SIGINT)
+            tail.communicate(timeout=10)

@@ -1,4 +1,4 @@
-"""``celflow events``: the seed's ``tools/celflow_events.py`` (stats, list, search, export)."""
+"""``celflow events``: the seed's ``tools/celflow_events.py`` (stats, list, search, export) and tail."""
 
 from __future__ import annotations
 
@@ -6,17 +6,21 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import orjson
 from rich.console import Console
 from rich.table import Table
 
-from .._database import EventDatabase
+from .._database import EventDatabase, make_query
+from .._exceptions import ServiceError
 from .._export import export_json
 from .._types import StoredEvent
 from . import State
+
+if TYPE_CHECKING:
+    from ..client import Client
 
 __all__ = ["events"]
 
@@ -223,3 +227,94 @@ def export(
         )
     if str(output) != "-":
         Console(stderr=True, highlight=False).print(f"exported {count:,} events to {output}")
+
+
+def _line(event: dict[str, Any], as_json: bool) -> str:
+    if as_json:
+        return orjson.dumps(event).decode()
+    data = orjson.dumps(event["data"]).decode()
+    action = event["action"] or "-"
+    return f"{event['id']:>8} {_when(event['timestamp'])} {event['event_type']} {action} {event['source']} {data}"
+
+
+@events.command()
+@db_option
+@click.option(
+    "-n", "--lines", "count", type=click.IntRange(min=0), default=10, show_default=True, help="Show the last N."
+)
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new events as they are stored (Ctrl-C stops).")
+@click.option("--type", "event_type", help="Only this event_type.")
+@click.option("--source", help="Only this source.")
+@click.option("--action", help="Only this action.")
+@click.option("--url", help="The service's URL (default: from service.json in the data folder).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.pass_obj
+def tail(
+    state: State,
+    db: Path | None,
+    count: int,
+    follow: bool,
+    event_type: str | None,
+    source: str | None,
+    action: str | None,
+    url: str | None,
+    as_json: bool,
+) -> None:
+    """Print the newest events, oldest of them first; with --follow, new ones as they come.
+
+    Uses the running service's live stream when there is one (service.json in the data folder),
+    else reads the database file.
+    """
+    from ..client import Client  # httpx and websockets load only for this command
+
+    path = db if db is not None else Path(state.load()[0].persistence.database_path)
+    filters = {"event_type": event_type, "source": source, "action": action}
+    client: Client | None = None
+    if url is not None or (path.parent / "service.json").exists():
+        try:
+            client = Client(url, data_dir=str(path.parent))
+            client.health()
+        except ServiceError as exc:
+            if url is not None:
+                raise
+            click.echo(f"the service is not reachable ({exc}); reading {path}", err=True)
+            client = None
+    try:
+        if client is not None:
+            _tail_service(client, count, follow, filters, as_json)
+        else:
+            _tail_database(path, count, follow, filters, as_json)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if client is not None:
+            client.close()
+
+
+def _tail_service(client: Client, count: int, follow: bool, filters: dict[str, Any], as_json: bool) -> None:
+    recent = client.query(limit=max(count, 1), **filters)["events"] if count else []
+    for event in reversed(recent):
+        click.echo(_line(event, as_json))
+    if follow:
+        after = recent[0]["id"] if recent else None
+        for event in client.follow(after=after, **filters):
+            click.echo(_line(event, as_json))
+
+
+def _tail_database(path: Path, count: int, follow: bool, filters: dict[str, Any], as_json: bool) -> None:
+    with EventDatabase(path, readonly=True) as database:
+        recent = database.query(limit=count, **filters).events if count else []
+        for event in reversed(recent):
+            click.echo(_line(event.to_dict(), as_json))
+        if not follow:
+            return
+        after = recent[0].id if recent else database.store.last_id()
+        query = make_query(limit=1000, **filters)
+        while True:
+            page = database.store.select_after(after, query)
+            for event in page:
+                click.echo(_line(event.to_dict(), as_json))
+            if page:
+                after = page[-1].id
+            else:
+                time.sleep(0.5)

@@ -127,6 +127,15 @@ class StoreContract:
         with store.time_limit(60.0):
             assert store.count_events(EventQuery(search="number 2999", limit=None)) == 1
 
+    def test_numbers_past_64_bits_are_validation_errors(self, store: EventStore) -> None:
+        """Ids beyond 64 bits are refused as bad input, not crashes."""
+        with pytest.raises(ValidationError):
+            store.select_patterns(event_id=2**70)
+        with pytest.raises(ValidationError):
+            store.select_after(2**64, EventQuery(limit=1))
+        with pytest.raises(ValidationError, match="cursor"):
+            store.select_events(EventQuery(cursor=f"1.5:{2**64}"))
+
     def test_bad_cursor(self, store: EventStore) -> None:
         """A cursor that was not made by a page is refused clearly."""
         with pytest.raises(ValidationError, match="cursor"):

@@ -125,8 +125,8 @@ def decode_cursor(cursor: str) -> tuple[float, int]:
         raise ValidationError(
             f"cursor {str(cursor)[:40]!r} is not a cursor returned by a previous page", field="cursor"
         ) from None
-    if not math.isfinite(ts):
-        raise ValidationError(f"cursor {cursor[:40]!r} has no finite timestamp", field="cursor")
+    if not math.isfinite(ts) or not 0 <= event_id < 2**63:
+        raise ValidationError(f"cursor {cursor[:40]!r} is not a cursor returned by a previous page", field="cursor")
     return ts, event_id
 
 
@@ -275,6 +275,8 @@ class SQLiteStore:
             yield
         except sqlite3.Error as exc:
             raise translate(exc, self.path) from exc
+        except OverflowError:  # a parameter past SQLite's 64-bit integers
+            raise ValidationError("a number is too large: SQLite stores integers of up to 64 bits") from None
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:

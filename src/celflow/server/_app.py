@@ -31,6 +31,7 @@ from .._manager import EventPersistenceManager
 from .._types import StoredEvent
 from ._guard import Guard
 from ._metrics import Metrics
+from ._openapi import openapi
 from ._stream import CommitSignal, follow, page_query
 
 __all__ = ["create_app"]
@@ -67,6 +68,7 @@ class Api:
         self.settings = settings
         self.metrics = metrics
         self.signal = CommitSignal()
+        self.openapi = openapi()
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def on_batch(self, seconds: float, inserted: int) -> None:
@@ -378,6 +380,9 @@ class Api:
         for name in ("pattern_type", "confidence", "pattern_data"):
             if name not in data:
                 raise ApiError(400, f"{name} is required", field=name)
+        event_id = data.get("event_id")
+        if isinstance(event_id, float) and event_id.is_integer():  # JSON has one number type: 7.0 is 7
+            data["event_id"] = int(event_id)
         database = self.manager.database
         assert database is not None
         new_id = await asyncio.to_thread(
@@ -423,6 +428,9 @@ class Api:
 
     async def stats(self, request: Request) -> Response:
         return json_response(self.manager.get_stats())
+
+    async def openapi_json(self, request: Request) -> Response:
+        return json_response(self.openapi)
 
     async def metrics_text(self, request: Request) -> Response:
         body, media = self.metrics.render(self.manager)
@@ -539,6 +547,7 @@ def create_app(
         Route(f"{API}/events/count", api.count, methods=["GET"]),
         Route(f"{API}/events/histogram", api.histogram, methods=["GET"]),
         Route(f"{API}/stats", api.stats, methods=["GET"]),
+        Route(f"{API}/openapi.json", api.openapi_json, methods=["GET"]),
         Route(f"{API}/stream/sse", api.stream_sse, methods=["GET"]),
         Route(f"{API}/export", api.export, methods=["GET"]),
         Route(f"{API}/patterns", api.list_patterns, methods=["GET"]),

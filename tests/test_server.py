@@ -7,6 +7,7 @@ import gzip
 import io
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -535,3 +536,18 @@ def test_system_stats_read_and_write(client: httpx.Client) -> None:
     assert error_of(client.post("/api/v1/system-stats", json={"colour": 1}), 400)["field"] == "colour"
     assert error_of(client.post("/api/v1/system-stats", json={"total_events": "many"}), 400)["field"] == "total_events"
     error_of(client.post("/api/v1/system-stats", content=b"[1]"), 400)
+
+
+def test_listening_socket_is_tcp_so_answers_are_not_delayed() -> None:
+    """asyncio sets TCP_NODELAY only on sockets whose proto says TCP; without it each keep-alive
+    answer waited ~40 ms for a delayed ACK (headers and body go out as two writes)."""
+    sock = bind("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+        client = socket.create_connection(sock.getsockname())
+        accepted, _ = sock.accept()
+        assert accepted.proto == socket.IPPROTO_TCP
+        accepted.close()
+        client.close()
+    finally:
+        sock.close()

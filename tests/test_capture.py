@@ -146,7 +146,7 @@ def test_celflow_run_end_to_end(tmp_path: Path) -> None:
     db = tmp_path / "data" / "events.db"
     env = {**os.environ, "CELFLOW_CAPTURE_PROCESS_INTERVAL": "0.2", "CELFLOW_BATCH_TIMEOUT": "0.2"}
     service = subprocess.Popen(
-        [CELFLOW, "run", "--db", str(db), "--watch", str(watched)],
+        [CELFLOW, "run", "--db", str(db), "--watch", str(watched), "--port", "0"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -18,6 +18,7 @@ from ._manager import EventPersistenceManager
 from .capture.filesystem import FileSystemCapture
 from .capture.processes import ProcessCapture
 from .server import HttpServer, bind, create_app, load_or_create_token
+from .server._guard import is_loopback_host
 
 __all__ = ["PrivateRotatingFileHandler", "run_service", "serve", "setup_logging"]
 
@@ -76,6 +77,10 @@ async def serve(config: Config, stop: asyncio.Event | None = None, *, status_int
             await http.start()
             write_service_file(data_dir, http.url)
             log.info("API on %s (token in %s)", http.url, os.path.join(data_dir, "token") if token else "off: no auth")
+            if not is_loopback_host(config.http.host):
+                log.warning("the API listens on %s: other machines can reach it", config.http.host)
+            if not token:
+                log.warning("http.auth is off: any local program can read and write your events")
         capture = config.capture
         if capture.filesystem:
             fs = FileSystemCapture(

@@ -110,6 +110,11 @@ class StoreContract:
         early = store.insert_events(rows(3, start=T0)).ids or []  # older timestamps, committed later
         assert [e.id for e in store.select_after(0, EventQuery(limit=None))] == late + early
         assert [e.id for e in store.select_after(late[1], EventQuery(limit=2))] == [late[2], early[0]]
+        assert [e.id for e in store.select_after(late[0], EventQuery(limit=None), until_id=early[0])] == [
+            late[1],
+            late[2],
+            early[0],
+        ]
         typed = store.select_after(0, EventQuery(event_type="file_op", limit=None))
         assert [e.id for e in typed] == [late[0], early[0]]
         assert store.last_id() == early[-1]

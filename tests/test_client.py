@@ -220,3 +220,22 @@ def test_tail_follow_uses_the_running_service(service: Service) -> None:
         finally:
             tail.send_signal(signal.SIGINT)
             tail.communicate(timeout=10)
+
+
+def test_a_stale_service_file_is_not_trusted(tmp_path: Path) -> None:
+    """After a crash, service.json may point at a port someone else now holds: no token goes there."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / "service.json").write_text(json.dumps({"url": "http://127.0.0.1:9", "pid": dead.pid}))
+    (tmp_path / "token").write_text("secret")
+    with pytest.raises(ServiceError, match="stale"):
+        discover(data_dir=str(tmp_path))
+
+
+def test_an_event_json_cannot_hold_fails_at_send_and_the_sender_lives_on(service: Service) -> None:
+    with Client(service.http.url, TOKEN, flush_interval=0.05) as client:
+        with pytest.raises(TypeError):
+            client.send(make_event(data={"not json": {1, 2}}))
+        client.send(make_event())
+        client.flush(timeout=30)
+        assert client.count() == 1

@@ -111,7 +111,10 @@ async def serve(config: Config, stop: asyncio.Event | None = None, *, status_int
     finally:
         log.info("stopping: flushing queued events")
         if http is not None:
-            await http.stop()  # no new requests; the running ones finish first
+            try:
+                await http.stop()  # no new requests; the running ones finish first
+            except Exception:  # the events queued must still be written below
+                log.exception("the HTTP server failed")
             remove_service_file(data_dir)
         elif sock is not None:
             sock.close()

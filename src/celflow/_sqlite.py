@@ -405,8 +405,8 @@ class SQLiteStore:
             cursor = encode_cursor(events[-1].timestamp, events[-1].id)
         return events, cursor
 
-    def select_after(self, after_id: int, query: EventQuery) -> list[StoredEvent]:
-        """Events with ``id > after_id`` matching ``query`` in id order (a live stream's catch-up).
+    def select_after(self, after_id: int, query: EventQuery, *, until_id: int | None = None) -> list[StoredEvent]:
+        """Events with ``after_id < id <= until_id`` matching ``query`` in id order (a stream's catch-up).
 
         Ids grow with every commit (one writer, AUTOINCREMENT), so reading on from the last id
         seen misses nothing and repeats nothing. The query's order and cursor are ignored.
@@ -414,6 +414,9 @@ class SQLiteStore:
         where, params = self._where(msgspec.structs.replace(query, cursor=None))
         where = (where + " AND" if where else " WHERE") + " id > ?"
         params.append(after_id)
+        if until_id is not None:
+            where += " AND id <= ?"
+            params.append(until_id)
         sql = f"SELECT {_EVENT_COLUMNS} FROM events{where} ORDER BY id"
         if query.limit is not None:
             sql += " LIMIT ?"

@@ -35,8 +35,8 @@ class EventStore(Protocol):
     def time_limit(self, seconds: float | None) -> contextlib.AbstractContextManager[None]:
         """Within it, this thread's reads stop with :class:`QueryTimeoutError` after ``seconds``."""
 
-    def select_after(self, after_id: int, query: EventQuery) -> list[StoredEvent]:
-        """Events with ``id > after_id`` matching ``query``, in id (commit) order, up to its limit."""
+    def select_after(self, after_id: int, query: EventQuery, *, until_id: int | None = None) -> list[StoredEvent]:
+        """Events with ``after_id < id <= until_id`` matching ``query``, in id (commit) order, up to its limit."""
 
     def last_id(self) -> int:
         """The highest id ever given to an event (0 for none); ids are never reused."""

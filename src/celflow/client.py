@@ -45,19 +45,32 @@ def discover(url: str | None = None, token: str | None = None, data_dir: str | N
     folder = data_dir or os.environ.get("CELFLOW_DATA_DIR") or "data"
     url = url or os.environ.get("CELFLOW_URL")
     if url is None:
+        path = os.path.join(folder, "service.json")
         try:
-            with open(os.path.join(folder, "service.json"), "rb") as f:
-                url = str(orjson.loads(f.read())["url"])
-        except (OSError, ValueError, KeyError):
+            with open(path, "rb") as f:
+                info = orjson.loads(f.read())
+            url, pid = str(info["url"]), int(info["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
             raise ServiceError(
-                f"no CelFlow service found: {os.path.join(folder, 'service.json')} is missing (is `celflow run` "
-                "running?); pass url= or set CELFLOW_URL"
+                f"no CelFlow service found: {path} is missing (is `celflow run` running?); pass url= or set CELFLOW_URL"
             ) from None
+        if not _alive(pid):  # left by a crash: whoever listens there now must not get the token
+            raise ServiceError(f"{path} is stale: process {pid} is gone (is `celflow run` running?)")
     token = token or os.environ.get("CELFLOW_TOKEN")
     if token is None:
         with contextlib.suppress(OSError), open(os.path.join(folder, "token"), encoding="ascii") as f:
             token = f.read().strip() or None
     return url.rstrip("/"), token
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, under another user
+    return True
 
 
 def _stamp(event: Mapping[str, Any], now: float) -> dict[str, Any]:
@@ -119,7 +132,7 @@ class Client:
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(base_url=self.url, headers=self._headers, timeout=timeout)
         self._options = _Options(retries, batch_size, flush_interval, max_buffer)
-        self._buffer: list[dict[str, Any]] = []
+        self._buffer: list[bytes] = []  # encoded events
         self._in_flight = 0
         self._lock = threading.Condition()
         self._sender: threading.Thread | None = None
@@ -131,13 +144,13 @@ class Client:
 
     def send(self, event: Mapping[str, Any]) -> None:
         """Buffer one event; a background thread posts the buffer in batches (blocks when it is full)."""
-        stamped = _stamp(event, time.time())
+        encoded = orjson.dumps(_stamp(event, time.time()))  # a value JSON cannot hold raises here
         with self._lock:
             if self._closing:
                 raise ServiceError("the client is closed")
             while len(self._buffer) >= self._options.max_buffer:
                 self._lock.wait()
-            self._buffer.append(stamped)
+            self._buffer.append(encoded)
             if self._sender is None:
                 self._sender = threading.Thread(target=self._send_loop, name="celflow-client", daemon=True)
                 self._sender.start()
@@ -152,7 +165,7 @@ class Client:
         return list(response.json().get("ids", [])) if wait else []
 
     def flush(self, timeout: float | None = None) -> None:
-        """Return once every buffered event is committed by the service (raise what the sender met)."""
+        """Return once every event sent is committed by the service (raise what the sender met)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             self._flushing += 1
@@ -169,6 +182,15 @@ class Client:
         if self.last_error is not None:
             error, self.last_error = self.last_error, None
             raise error
+        self._barrier()
+
+    def _barrier(self) -> None:
+        """Wait until the service has committed everything it accepted."""
+        try:
+            response = self._http.post("/api/v1/flush")
+        except httpx.TransportError as exc:
+            raise ServiceError(f"cannot reach CelFlow at {self.url}: {exc}") from None
+        _raise_for(response)
 
     def _send_loop(self) -> None:
         options = self._options
@@ -184,17 +206,15 @@ class Client:
                 batch = self._buffer[: options.batch_size]
                 del self._buffer[: options.batch_size]
                 self._in_flight = len(batch)
-                # Someone flushes: answer after the commit (the service writes in order, so
-                # everything posted before is committed too).
-                commit = bool(self._flushing or self._closing)
                 self._lock.notify_all()
             try:
-                self._post(orjson.dumps(batch), commit)
-            except ServiceError as exc:
-                self.last_error = exc  # reported by the next flush(); the batch is lost
-            with self._lock:
-                self._in_flight = 0
-                self._lock.notify_all()
+                self._post(b"[" + b",".join(batch) + b"]", False)
+            except Exception as exc:  # noqa: BLE001 - kept for flush(); the sender must live on
+                self.last_error = exc if isinstance(exc, ServiceError) else ServiceError(f"sending failed: {exc!r}")
+            finally:
+                with self._lock:
+                    self._in_flight = 0
+                    self._lock.notify_all()
 
     def _post(self, body: bytes, wait: bool) -> httpx.Response:
         params = {"wait": "true"} if wait else None
@@ -313,15 +333,14 @@ class AsyncClient:
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.AsyncClient(base_url=self.url, headers=self._headers, timeout=timeout)
         self._options = _Options(retries, batch_size, flush_interval, max(batch_size, 100_000))
-        self._buffer: list[dict[str, Any]] = []
+        self._buffer: list[bytes] = []
         self._sender: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
-        self._flushing = False
         self.last_error: ServiceError | None = None
 
     async def send(self, event: Mapping[str, Any]) -> None:
         """Buffer one event; a background task posts the buffer in batches."""
-        self._buffer.append(_stamp(event, time.time()))
+        self._buffer.append(orjson.dumps(_stamp(event, time.time())))
         if self._sender is None or self._sender.done():
             self._sender = asyncio.create_task(self._send_loop())
         if len(self._buffer) >= self._options.batch_size:
@@ -337,22 +356,23 @@ class AsyncClient:
             self._wake.clear()
             batch, self._buffer = self._buffer[: self._options.batch_size], self._buffer[self._options.batch_size :]
             try:
-                await self._post(orjson.dumps(batch), self._flushing)  # a flush waits for the commit
-            except ServiceError as exc:
-                self.last_error = exc
+                await self._post(b"[" + b",".join(batch) + b"]", False)
+            except Exception as exc:  # noqa: BLE001 - kept for flush(); the sender must finish
+                self.last_error = exc if isinstance(exc, ServiceError) else ServiceError(f"sending failed: {exc!r}")
 
     async def flush(self) -> None:
-        """Return once every buffered event is committed by the service."""
-        self._flushing = True
+        """Return once every event sent is committed by the service."""
         self._wake.set()
-        try:
-            if self._sender is not None:
-                await self._sender
-        finally:
-            self._flushing = False
+        if self._sender is not None:
+            await self._sender
         if self.last_error is not None:
             error, self.last_error = self.last_error, None
             raise error
+        try:
+            response = await self._http.post("/api/v1/flush")
+        except httpx.TransportError as exc:
+            raise ServiceError(f"cannot reach CelFlow at {self.url}: {exc}") from None
+        _raise_for(response)
 
     async def send_batch(self, events: Sequence[Mapping[str, Any]], *, wait: bool = False) -> list[int]:
         """Post events now (retrying); with ``wait``, return their ids once committed."""

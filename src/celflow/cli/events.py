@@ -296,7 +296,7 @@ def _tail_service(client: Client, count: int, follow: bool, filters: dict[str, A
     for event in reversed(recent):
         click.echo(_line(event, as_json))
     if follow:
-        after = recent[0]["id"] if recent else None
+        after = max(e["id"] for e in recent) if recent else None  # newest by time is not always the last id
         for event in client.follow(after=after, **filters):
             click.echo(_line(event, as_json))
 
@@ -308,7 +308,7 @@ def _tail_database(path: Path, count: int, follow: bool, filters: dict[str, Any]
             click.echo(_line(event.to_dict(), as_json))
         if not follow:
             return
-        after = recent[0].id if recent else database.store.last_id()
+        after = max(e.id for e in recent) if recent else database.store.last_id()
         query = make_query(limit=1000, **filters)
         while True:
             page = database.store.select_after(after, query)

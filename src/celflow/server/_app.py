@@ -113,13 +113,7 @@ class Api:
         body = b"".join(chunks)
         encoding = request.headers.get("content-encoding", "identity").strip().lower()
         if encoding == "gzip":
-            inflater = zlib.decompressobj(wbits=31)
-            try:
-                body = inflater.decompress(body, limit + 1)
-            except zlib.error as exc:
-                raise ApiError(400, f"the body is not valid gzip: {exc}") from None
-            if len(body) > limit or inflater.unconsumed_tail:
-                raise ApiError(413, f"the unzipped body is over the limit of {limit:,} bytes (max_body_bytes)")
+            body = _gunzip(body, limit)
         elif encoding != "identity":
             raise ApiError(415, f"Content-Encoding {encoding!r} is not supported; send gzip or nothing")
         return body
@@ -168,7 +162,7 @@ class Api:
         if limit is None:
             args["limit"] = default_limit
         else:
-            if not limit.isdigit() or not 0 < int(limit) <= MAX_PAGE:
+            if not _whole_number(limit) or not 0 < int(limit) <= MAX_PAGE:
                 raise ApiError(400, f"limit must be a whole number from 1 to {MAX_PAGE}, got {limit!r}", field="limit")
             args["limit"] = int(limit)
         return make_query(**args)
@@ -190,8 +184,14 @@ class Api:
     async def ingest(self, request: Request) -> Response:
         """POST events: 202 once queued, or 201 with their ids once committed (``?wait=true``)."""
         wait = request.query_params.get("wait", "false").lower() in ("1", "true", "yes", "committed")
-        events = self.events_of(request, await self.body(request))
-        rows, errors = prepare_each(events, self.manager.options)
+        body = await self.body(request)
+
+        def parse() -> tuple[list[Any], Any, Any]:
+            events = self.events_of(request, body)
+            return (events, *prepare_each(events, self.manager.options))
+
+        # Parsing and encoding a large body would stall every other request and stream.
+        events, rows, errors = parse() if len(body) < 65536 else await asyncio.to_thread(parse)
         if errors:
             listed = [{"index": e.index, "field": e.field, "message": str(e)} for e in errors[:100]]
             raise ApiError(
@@ -251,7 +251,7 @@ class Api:
         raw = params.get("after")
         if raw is None:
             return query, -1
-        if not raw.isdigit():
+        if not _whole_number(raw):
             raise ApiError(400, f"after must be an event id (a whole number >= 0), got {raw!r}", field="after")
         return query, int(raw)
 
@@ -264,8 +264,15 @@ class Api:
         if after < 0:
             after = await self.read("stream", store.last_id)
 
-        async def read(after_id: int) -> Any:
-            return await self.read("stream", lambda: store.select_after(after_id, q))
+        def page(after_id: int) -> tuple[list[StoredEvent], int]:
+            # Up to the newest id now: a filter that matches little does not rescan a growing
+            # range at every commit; the stream goes on from there.
+            newest = store.last_id()
+            events = store.select_after(after_id, q, until_id=newest)
+            return events, events[-1].id if len(events) == q.limit else max(newest, after_id)
+
+        async def read(after_id: int) -> tuple[list[StoredEvent], int]:
+            return await self.read("stream", lambda: page(after_id))
 
         return after, follow(read, after, self.signal, closed)
 
@@ -292,13 +299,17 @@ class Api:
         try:
             start, pages = await self._pages(query, after, closed)
             await websocket.send_text(_json.encode({"last_id": start}).decode())
-            async for page in pages:
-                message = {"events": page, "last_id": page[-1].id}
+            async for page, last_id in pages:
+                message = {"events": page, "last_id": last_id}
                 await websocket.send_text(_json.encode(message).decode())
             if not closed.is_set():
                 await websocket.close(code=1001)  # the server is stopping
         except (WebSocketDisconnect, RuntimeError, OSError):
             pass  # the client left
+        except CelflowError as exc:  # a read failed (time limit, stopping): say so, then close
+            with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+                await websocket.send_text(_json.encode({"error": {"status": 503, "message": str(exc)}}).decode())
+                await websocket.close(code=1011)
         finally:
             watcher.cancel()
 
@@ -312,8 +323,11 @@ class Api:
 
         async def body() -> Any:
             yield f": events after id {start}\n\n".encode()
-            async for page in pages:
-                yield b"".join(b"id: %d\nevent: event\ndata: %s\n\n" % (e.id, _json.encode(e)) for e in page)
+            try:
+                async for page, _ in pages:
+                    yield b"".join(b"id: %d\nevent: event\ndata: %s\n\n" % (e.id, _json.encode(e)) for e in page)
+            except CelflowError as exc:  # the answer has started: end the stream with an error event
+                yield b"event: error\ndata: %s\n\n" % _json.encode({"status": 503, "message": str(exc)})
 
         headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
         return StreamingResponse(body(), media_type="text/event-stream", headers=headers)
@@ -426,6 +440,11 @@ class Api:
         new_id = await asyncio.to_thread(functools.partial(database.record_system_stats, **data))
         return json_response({"id": new_id}, 201)
 
+    async def flush(self, request: Request) -> Response:
+        """Answer once everything queued before this request is committed."""
+        await self.manager.flush()
+        return json_response({"flushed": True})
+
     async def stats(self, request: Request) -> Response:
         return json_response(self.manager.get_stats())
 
@@ -472,7 +491,7 @@ def _int_param(params: Any, name: str, default: int | None = None, *, low: int =
     raw = params.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or int(raw) < low or (high is not None and int(raw) > high):
+    if not _whole_number(raw) or int(raw) < low or (high is not None and int(raw) > high):
         span = f"from {low} to {high}" if high is not None else f">= {low}"
         raise ApiError(400, f"{name} must be a whole number {span}, got {raw!r}", field=name)
     return int(raw)
@@ -489,6 +508,29 @@ def _float_param(params: Any, name: str) -> float | None:
     if not math.isfinite(value):
         raise ApiError(400, f"{name} must be a finite number, got {raw!r}", field=name)
     return value
+
+
+def _gunzip(body: bytes, limit: int) -> bytes:
+    """Every gzip member of ``body`` (``cat a.gz b.gz`` is valid gzip), refused past ``limit`` bytes."""
+    out = bytearray()
+    rest = body
+    while rest:
+        inflater = zlib.decompressobj(wbits=31)
+        try:
+            out += inflater.decompress(rest, limit + 1 - len(out))
+        except zlib.error as exc:
+            raise ApiError(400, f"the body is not valid gzip: {exc}") from None
+        if len(out) > limit or inflater.unconsumed_tail:
+            raise ApiError(413, f"the unzipped body is over the limit of {limit:,} bytes (max_body_bytes)")
+        if not inflater.eof:
+            raise ApiError(400, "the gzip body is truncated")
+        rest = inflater.unused_data
+    return bytes(out)
+
+
+def _whole_number(raw: str) -> bool:
+    """Plain ASCII digits that fit SQLite's 64-bit integers (``str.isdigit`` also takes '²')."""
+    return raw.isascii() and raw.isdigit() and len(raw) <= 19 and int(raw) < 2**63
 
 
 def _filters(query: Any) -> dict[str, Any]:
@@ -545,6 +587,7 @@ def create_app(
         Route(f"{API}/events", api.ingest, methods=["POST"]),
         Route(f"{API}/events", api.list_events, methods=["GET"]),
         Route(f"{API}/events/count", api.count, methods=["GET"]),
+        Route(f"{API}/flush", api.flush, methods=["POST"]),
         Route(f"{API}/events/histogram", api.histogram, methods=["GET"]),
         Route(f"{API}/stats", api.stats, methods=["GET"]),
         Route(f"{API}/openapi.json", api.openapi_json, methods=["GET"]),

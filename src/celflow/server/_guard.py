@@ -65,7 +65,7 @@ def is_loopback_host(name: str) -> bool:
 
 
 class Guard:
-    """Refuse requests without the token (401), for a foreign Host (403) or WebSocket Origin (403)."""
+    """Refuse requests without the token (401), for a foreign Host (403) or from a foreign page (403)."""
 
     def __init__(
         self,
@@ -115,10 +115,13 @@ class Guard:
                 f"Host {host!r} is not allowed (DNS-rebinding defence); add it to http.allowed_hosts",
                 [],
             )
-        if scope["type"] == "websocket":
-            origin = headers.get("origin")
-            if origin is not None and not self._origin_allowed(origin):
-                return 403, f"WebSocket connections from the origin {origin!r} are not allowed", []
+        # A web page's requests carry its Origin: only loopback pages (or allowed_origins) may
+        # call the API, even when auth is off and the browser would not show them the answer.
+        origin = headers.get("origin")
+        if origin is not None and not self._origin_allowed(origin):
+            return 403, f"requests from pages of the origin {origin!r} are not allowed (http.allowed_origins)", []
+        if headers.get("sec-fetch-site") == "cross-site" and origin is None:
+            return 403, "cross-site requests from web pages are not allowed", []
         if self.token is None or scope["path"] in PUBLIC_PATHS:
             return None
         scheme, _, given = headers.get("authorization", "").partition(" ")

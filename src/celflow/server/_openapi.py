@@ -264,6 +264,12 @@ def openapi() -> dict[str, Any]:
                 parameters=_STREAM,
             )
         },
+        "/api/v1/flush": {
+            "post": _operation(
+                "Answer once everything queued before is committed",
+                {"200": _json({"type": "object", "properties": {"flushed": {"type": "boolean"}}}, "Committed")},
+            )
+        },
         "/api/v1/stats": {
             "get": _operation("The manager's get_stats()", {"200": _json(json_object, "Counters and sizes")})
         },

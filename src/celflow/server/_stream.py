@@ -39,21 +39,20 @@ class CommitSignal:
 
 
 async def follow(
-    read: Callable[[int], Awaitable[list[StoredEvent]]],
+    read: Callable[[int], Awaitable[tuple[list[StoredEvent], int]]],
     after: int,
     signal: CommitSignal,
     closed: asyncio.Event,
-) -> AsyncIterator[list[StoredEvent]]:
-    """Pages of events after ``after`` (``read(after_id)`` returns the next page), forever.
+) -> AsyncIterator[tuple[list[StoredEvent], int]]:
+    """Pages of events after ``after`` forever; ``read(after_id)`` returns a page and where to go on.
 
     Ends when ``closed`` is set (the client left) or the server stops.
     """
     while not closed.is_set() and not signal.stopping.is_set():
         version = signal.version  # before the read: a commit during it is not missed
-        page = await read(after)
+        page, after = await read(after)
         if page:
-            after = page[-1].id
-            yield page
+            yield page, after  # after: where a reconnecting client goes on from
             continue
         waits = [
             asyncio.ensure_future(signal.wait_past(version)),

@@ -92,6 +92,22 @@ def _raise_for(response: httpx.Response) -> None:
     raise ServiceError(f"HTTP {response.status_code}: {message}", status=response.status_code, details=details)
 
 
+def _stream_message(raw: str | bytes) -> tuple[list[dict[str, Any]], int]:
+    """The events of one stream message and where to resume (raise the service's error)."""
+    message = orjson.loads(raw)
+    if "error" in message:
+        raise ServiceError(message["error"]["message"], status=message["error"].get("status"))
+    return message.get("events", []), int(message["last_id"])
+
+
+def _stream_broke(exc: Exception, url: str, reconnect: bool) -> None:
+    """Raise for a refused stream, or a broken one without ``reconnect``; else return (to reconnect)."""
+    if isinstance(exc, websockets.exceptions.InvalidStatus):
+        raise ServiceError(f"the stream was refused: HTTP {exc.response.status_code}") from None
+    if not reconnect or not isinstance(exc, (OSError, websockets.exceptions.ConnectionClosedError)):
+        raise ServiceError(f"the stream from {url} broke: {exc}") from None
+
+
 def _ws_url(base: str, params: Mapping[str, Any]) -> str:
     query = str(httpx.QueryParams({k: v for k, v in params.items() if v is not None}))
     return (
@@ -281,16 +297,10 @@ class Client:
                     _ws_url(self.url, {**filters, "after": after}), additional_headers=self._headers
                 ) as ws:
                     for raw in ws:
-                        message = orjson.loads(raw)
-                        if "error" in message:
-                            raise ServiceError(message["error"]["message"], status=message["error"].get("status"))
-                        yield from message.get("events", [])
-                        after = message["last_id"]
-            except (OSError, websockets.exceptions.ConnectionClosedError) as exc:
-                if not reconnect:
-                    raise ServiceError(f"the stream from {self.url} broke: {exc}") from None
-            except websockets.exceptions.InvalidStatus as exc:
-                raise ServiceError(f"the stream was refused: HTTP {exc.response.status_code}") from None
+                        events, after = _stream_message(raw)
+                        yield from events
+            except (OSError, websockets.exceptions.WebSocketException) as exc:
+                _stream_broke(exc, self.url, reconnect)
             if not reconnect:
                 return
             time.sleep(0.5)
@@ -420,17 +430,11 @@ class AsyncClient:
                     _ws_url(self.url, {**filters, "after": after}), additional_headers=self._headers
                 ) as ws:
                     async for raw in ws:
-                        message = orjson.loads(raw)
-                        if "error" in message:
-                            raise ServiceError(message["error"]["message"], status=message["error"].get("status"))
-                        for event in message.get("events", []):
+                        events, after = _stream_message(raw)
+                        for event in events:
                             yield event
-                        after = message["last_id"]
-            except (OSError, websockets.exceptions.ConnectionClosedError) as exc:
-                if not reconnect:
-                    raise ServiceError(f"the stream from {self.url} broke: {exc}") from None
-            except websockets.exceptions.InvalidStatus as exc:
-                raise ServiceError(f"the stream was refused: HTTP {exc.response.status_code}") from None
+            except (OSError, websockets.exceptions.WebSocketException) as exc:
+                _stream_broke(exc, self.url, reconnect)
             if not reconnect:
                 return
             await asyncio.sleep(0.5)

@@ -24,7 +24,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from .._config import HttpConfig
-from .._database import make_query
+from .._database import EventDatabase, make_query
 from .._encoding import prepare_each
 from .._exceptions import CelflowError, ManagerStateError, QueryTimeoutError, QueueFullError, ValidationError
 from .._manager import EventPersistenceManager
@@ -81,12 +81,16 @@ class Api:
 
     # -- helpers -------------------------------------------------------------------------------
 
-    async def read(self, endpoint: str, fn: Callable[[], T]) -> T:
-        """Run a database read on a worker thread, under the query time limit, timed for /metrics."""
+    @property
+    def database(self) -> EventDatabase:
         database = self.manager.database
         if database is None:
             raise ManagerStateError("the persistence manager is not running")
-        store, limit = database.store, self.settings.query_timeout
+        return database
+
+    async def read(self, endpoint: str, fn: Callable[[], T]) -> T:
+        """Run a database read on a worker thread, under the query time limit, timed for /metrics."""
+        store, limit = self.database.store, self.settings.query_timeout
 
         def call() -> T:
             with store.time_limit(limit):
@@ -208,16 +212,14 @@ class Api:
 
     async def list_events(self, request: Request) -> Response:
         query = self.query_of(request)
-        database = self.manager.database
-        assert database is not None
+        database = self.database
         events, cursor = await self.read("events", lambda: database.store.select_events(query))
         return json_response({"events": events, "next_cursor": cursor})
 
     async def count(self, request: Request) -> Response:
         query = self.query_of(request, default_limit=None)
         group_by = request.query_params.get("group_by")
-        database = self.manager.database
-        assert database is not None
+        database = self.database
         if group_by is None:
             total = await self.read("count", lambda: database.store.count_events(query))
             return json_response({"total": total})
@@ -231,8 +233,7 @@ class Api:
             bucket = float(raw)
         except ValueError:
             raise ApiError(400, f"bucket must be a number of seconds, got {raw!r}", field="bucket") from None
-        database = self.manager.database
-        assert database is not None
+        database = self.database
         buckets = await self.read("histogram", lambda: database.histogram(bucket, **_filters(query)))
         return json_response({"bucket": bucket, "buckets": [{"start": t, "count": n} for t, n in buckets]})
 
@@ -258,8 +259,7 @@ class Api:
     async def _pages(self, query: Any, after: int, closed: asyncio.Event) -> Any:
         """The stream's pages, after the id ``after`` (-1: the newest event now)."""
         self._loop = asyncio.get_running_loop()
-        database = self.manager.database
-        assert database is not None
+        database = self.database
         store, q = database.store, page_query(query)
         if after < 0:
             after = await self.read("stream", store.last_id)
@@ -340,8 +340,7 @@ class Api:
         query = msgspec.structs.replace(self.query_of(request, default_limit=None), limit=PAGE_SIZE)
         if "order" not in request.query_params:
             query = msgspec.structs.replace(query, order="asc")
-        database = self.manager.database
-        assert database is not None
+        database = self.database
         store = database.store
 
         async def rows() -> Any:
@@ -362,13 +361,20 @@ class Api:
         disposition = f'attachment; filename="celflow-events.{fmt}"'
         return StreamingResponse(rows(), media_type=media, headers={"Content-Disposition": disposition})
 
-    async def json_body(self, request: Request) -> dict[str, Any]:
+    async def json_body(self, request: Request, fields: set[str], required: tuple[str, ...] = ()) -> dict[str, Any]:
+        """A JSON object body with only ``fields``, and all of ``required``."""
         try:
             data = orjson.loads(await self.body(request))
         except orjson.JSONDecodeError as exc:
             raise ApiError(400, f"the body is not valid JSON: {exc}") from None
         if not isinstance(data, dict):
             raise ApiError(400, "the body must be a JSON object")
+        unknown = sorted(set(data) - fields)
+        if unknown:
+            raise ApiError(400, f"unknown field(s): {', '.join(unknown)}", field=unknown[0])
+        for name in required:
+            if name not in data:
+                raise ApiError(400, f"{name} is required", field=name)
         return data
 
     async def list_patterns(self, request: Request) -> Response:
@@ -381,24 +387,17 @@ class Api:
             "min_confidence": _float_param(params, "min_confidence"),
             "limit": _int_param(params, "limit", 100, low=1, high=MAX_PAGE),
         }
-        database = self.manager.database
-        assert database is not None
+        database = self.database
         patterns = await self.read("patterns", lambda: database.patterns(**filters))
         return json_response({"patterns": patterns})
 
     async def add_pattern(self, request: Request) -> Response:
-        data = await self.json_body(request)
-        unknown = sorted(set(data) - {"pattern_type", "confidence", "pattern_data", "event_id", "embryo_id"})
-        if unknown:
-            raise ApiError(400, f"unknown field(s): {', '.join(unknown)}", field=unknown[0])
-        for name in ("pattern_type", "confidence", "pattern_data"):
-            if name not in data:
-                raise ApiError(400, f"{name} is required", field=name)
+        required = ("pattern_type", "confidence", "pattern_data")
+        data = await self.json_body(request, {*required, "event_id", "embryo_id"}, required)
         event_id = data.get("event_id")
         if isinstance(event_id, float) and event_id.is_integer():  # JSON has one number type: 7.0 is 7
             data["event_id"] = int(event_id)
-        database = self.manager.database
-        assert database is not None
+        database = self.database
         new_id = await asyncio.to_thread(
             database.store_pattern,
             data["pattern_type"],
@@ -417,17 +416,13 @@ class Api:
             "end_time": _float_param(params, "end_time"),
             "limit": _int_param(params, "limit", 100, low=1, high=MAX_PAGE),
         }
-        database = self.manager.database
-        assert database is not None
+        database = self.database
         snapshots = await self.read("system_stats", lambda: database.system_stats(**args))
         return json_response({"system_stats": snapshots})
 
     async def add_system_stats(self, request: Request) -> Response:
-        data = await self.json_body(request)
         fields = {"timestamp", "total_events", "events_per_second", "active_embryos", "avg_fitness", "storage_mb"}
-        unknown = sorted(set(data) - fields)
-        if unknown:
-            raise ApiError(400, f"unknown field(s): {', '.join(unknown)}", field=unknown[0])
+        data = await self.json_body(request, fields)
         for name, value in data.items():
             if (
                 name != "timestamp"
@@ -435,8 +430,7 @@ class Api:
                 and (isinstance(value, bool) or not isinstance(value, (int, float)))
             ):
                 raise ApiError(400, f"{name} must be a number or null, got {value!r}", field=name)
-        database = self.manager.database
-        assert database is not None
+        database = self.database
         new_id = await asyncio.to_thread(functools.partial(database.record_system_stats, **data))
         return json_response({"id": new_id}, 201)
 

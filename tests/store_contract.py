@@ -225,6 +225,15 @@ class StoreContract:
         (p,) = store.select_patterns(embryo_id="e1")
         assert p.pattern_data == {"steps": [1, 2]} and p.confidence == 0.9
 
+    def test_pattern_summary(self, store: EventStore) -> None:
+        """Counts and average confidence per pattern type, most frequent first."""
+        assert store.pattern_summary() == []
+        for kind, confidence in (("routine", 0.5), ("routine", 0.7), ("anomaly", 0.9)):
+            store.insert_pattern(kind, confidence, {}, event_id=None, embryo_id=None)
+        summary = store.pattern_summary()
+        assert [(k, n) for k, n, _ in summary] == [("routine", 2), ("anomaly", 1)]
+        assert summary[0][2] == pytest.approx(0.6)
+
     def test_system_stats(self, store: EventStore) -> None:
         """System stats snapshots come back newest first within a time range."""
         now = time.time()

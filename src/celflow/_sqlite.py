@@ -635,6 +635,16 @@ class SQLiteStore:
         )
         return [Pattern(r[0], r[1], r[2], r[3], msgspec.json.decode(r[4]), r[5], r[6]) for r in rows]
 
+    def pattern_summary(self) -> list[tuple[str, int, float]]:
+        """``(pattern_type, count, average confidence)`` per type, most frequent first.
+
+        Read from the ``(pattern_type, confidence)`` index alone.
+        """
+        rows = self._read(
+            "SELECT pattern_type, count(*), avg(confidence) FROM patterns GROUP BY pattern_type ORDER BY 2 DESC, 1"
+        )
+        return [(str(r[0]), int(r[1]), float(r[2])) for r in rows]
+
     def insert_system_stats(self, values: dict[str, Any]) -> int:
         """Record a system stats snapshot; return its id."""
         with self.transaction() as conn:

@@ -70,6 +70,9 @@ class EventStore(Protocol):
     ) -> int:
         """Store a pattern."""
 
+    def pattern_summary(self) -> list[tuple[str, int, float]]:
+        """``(pattern_type, count, average confidence)`` per type, most frequent first."""
+
     def select_patterns(
         self,
         *,

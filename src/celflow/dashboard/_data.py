@@ -1,0 +1,218 @@
+"""What the dashboard shows, read from the database (and the running service, if any).
+
+Every read is indexed or pre-aggregated, so a refresh costs the same at 100 million events as at
+a thousand: windowed counts and rates come from the per-minute counters, recent events from the
+time index, patterns from their index. The one full count (the total) runs in a background
+thread once a minute, unless the service reports it. A text filter is bounded by the time window
+and a time limit.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from .._database import EventDatabase
+from .._exceptions import CelflowError, QueryTimeoutError
+from .._types import EventQuery, Pattern, StoredEvent, SystemStats
+
+__all__ = ["WINDOWS", "DashboardSource", "Filters", "Snapshot"]
+
+WINDOWS = {"hour": 3600.0, "day": 86400.0, "week": 7 * 86400.0}
+RATE_MINUTES = 30
+TOP_TYPES = 5
+RECENT = 50
+SEARCH_SECONDS = 0.5
+TOTAL_EVERY = 60.0
+
+
+@dataclass(frozen=True)
+class Filters:
+    """The recent-events table's filter box: ``type:T source:S words``."""
+
+    event_type: str | None = None
+    source: str | None = None
+    search: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Filters:
+        kinds: dict[str, str] = {}
+        words = []
+        for part in text.split():
+            key, sep, value = part.partition(":")
+            if sep and key in ("type", "source") and value:
+                kinds[key] = value
+            else:
+                words.append(part)
+        return cls(kinds.get("type"), kinds.get("source"), " ".join(words) or None)
+
+
+@dataclass
+class Snapshot:
+    """Everything one refresh shows."""
+
+    taken_at: float
+    window: str
+    total: int | None
+    last_hour: int
+    today: int
+    in_window: int
+    by_type: dict[str, int]
+    by_source: dict[str, int]
+    per_minute: list[int]  # the last RATE_MINUTES minutes, oldest first
+    per_minute_by_type: dict[str, list[int]]
+    rate_now: float  # events per second over the last 10 seconds
+    sizes: dict[str, float]
+    patterns: list[tuple[str, int, float]]
+    newest_patterns: list[Pattern]
+    system_stats: list[SystemStats]  # newest first
+    recent: list[StoredEvent]
+    recent_note: str = ""
+    service: dict[str, Any] | None = None
+    query_ms: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+
+def _minutes(histogram: list[tuple[float, int]], end_minute: int) -> list[int]:
+    counts = dict.fromkeys(range(end_minute - RATE_MINUTES + 1, end_minute + 1), 0)
+    for start, n in histogram:
+        minute = int(start // 60)
+        if minute in counts:
+            counts[minute] += n
+    return list(counts.values())
+
+
+class DashboardSource:
+    """Reads snapshots from one database file, read-only; never blocks the writer."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        clock: Callable[[], float] = time.time,
+        service: bool = True,
+    ) -> None:
+        self.database = EventDatabase(path, readonly=True)
+        self.path = Path(path)
+        self.clock = clock
+        self._total: int | None = None
+        self._total_at = 0.0
+        self._total_lock = threading.Lock()
+        self._counting = False
+        self._client: Any = None
+        if service and (self.path.parent / "service.json").exists():
+            self._client = self._connect()
+
+    def _connect(self) -> Any:
+        from ..client import Client  # httpx loads only when a service runs
+
+        try:
+            return Client(data_dir=str(self.path.parent), timeout=0.5, retries=0)
+        except CelflowError:
+            return None
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+        self.database.close()
+
+    # -- the total: one full count a minute, off the refresh path ------------------------------
+
+    def _recount(self) -> None:
+        try:
+            total = self.database.count_events()
+        except CelflowError:
+            total = None
+        with self._total_lock:
+            self._total, self._total_at, self._counting = total, time.monotonic(), False
+
+    def total(self, *, wait: bool = False) -> int | None:
+        """The last full count (``None`` until the first one is done); starts a recount when stale."""
+        with self._total_lock:
+            stale = not self._counting and (self._total is None or time.monotonic() - self._total_at > TOTAL_EVERY)
+            if stale:
+                self._counting = True
+        if stale:
+            if wait:
+                self._recount()
+            else:
+                threading.Thread(target=self._recount, name="celflow-dashboard-count", daemon=True).start()
+        return self._total
+
+    # -- one refresh ---------------------------------------------------------------------------
+
+    def snapshot(self, window: str = "hour", filters: Filters | None = None, *, wait_total: bool = False) -> Snapshot:
+        started = time.perf_counter()
+        filters = filters or Filters()
+        db = self.database
+        now = self.clock()
+        since = now - WINDOWS[window]
+        midnight = datetime.fromtimestamp(now).replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+        end_minute = int(now // 60)
+        rate_start = (end_minute - RATE_MINUTES + 1) * 60.0
+        by_type = db.count_by("event_type", start_time=since, end_time=now + 1)
+        per_minute = _minutes(db.histogram(60, start_time=rate_start, end_time=now + 1), end_minute)
+        per_type = {
+            kind: _minutes(db.histogram(60, start_time=rate_start, end_time=now + 1, event_type=kind), end_minute)
+            for kind in list(by_type)[:TOP_TYPES]
+        }
+        recent, note = self._recent(filters, since, now)
+        service = None
+        if self._client is not None:
+            try:
+                service = self._client.stats()
+            except CelflowError:
+                service = None
+        total = service["database_stats"]["total_events"] if service else self.total(wait=wait_total)
+        snapshot = Snapshot(
+            taken_at=now,
+            window=window,
+            total=total,
+            last_hour=db.count_events(start_time=now - 3600, end_time=now + 1),
+            today=db.count_events(start_time=midnight, end_time=now + 1),
+            in_window=sum(by_type.values()),
+            by_type=by_type,
+            by_source=dict(list(db.count_by("source", start_time=since, end_time=now + 1).items())[:10]),
+            per_minute=per_minute,
+            per_minute_by_type=per_type,
+            rate_now=db.count_events(start_time=now - 10, end_time=now + 1) / 10,
+            sizes=db.store.sizes(),
+            patterns=db.store.pattern_summary(),
+            newest_patterns=db.patterns(limit=5),
+            system_stats=db.system_stats(limit=30),
+            recent=recent,
+            recent_note=note,
+            service=service,
+        )
+        snapshot.query_ms = (time.perf_counter() - started) * 1000
+        return snapshot
+
+    def _recent(self, filters: Filters, since: float, now: float) -> tuple[list[StoredEvent], str]:
+        """The newest events matching the filter box; a text search stays inside the window."""
+        store = self.database.store
+        query = EventQuery(
+            event_type=filters.event_type,
+            source=filters.source,
+            search=filters.search,
+            start_time=since if filters.search else None,
+            limit=RECENT,
+        )
+        if not filters.search:
+            return store.select_events(query)[0], ""
+        try:
+            with store.time_limit(SEARCH_SECONDS):
+                return store.select_events(query)[0], f"searching the last {_window_name(now - since)}"
+        except QueryTimeoutError:
+            return [], f"the search took over {SEARCH_SECONDS:g} s: choose a shorter window (w) or add type:/source:"
+
+
+def _window_name(seconds: float) -> str:
+    for name, length in WINDOWS.items():
+        if abs(length - seconds) < 1:
+            return name
+    return f"{seconds:g} s"

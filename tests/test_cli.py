@@ -115,8 +115,10 @@ def test_seed_tool_shims(filled: Path) -> None:
     result = run_cli(sys.executable, str(ROOT / "tools" / "celflow_events.py"), "stats", "--db", str(filled), "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["total_events"] == 3
-    dash = run_cli(sys.executable, str(ROOT / "tools" / "celflow_dashboard.py"), "--db", str(filled))
-    assert dash.returncode == 0 and "later" in dash.stderr
+    dash = run_cli(sys.executable, str(ROOT / "tools" / "celflow_dashboard.py"), "--help")
+    assert dash.returncode == 0 and "--db" in dash.stdout and "dashboard" in dash.stdout
+    missing = run_cli(sys.executable, str(ROOT / "tools" / "celflow_dashboard.py"), "--db", str(filled) + ".missing")
+    assert missing.returncode == 1 and "no CelFlow database" in missing.stderr
 
 
 def test_celflow_py_shim_help() -> None:

@@ -16,6 +16,7 @@ from textual.binding import Binding, BindingType
 from textual.containers import Grid, Horizontal, Vertical
 from textual.widgets import DataTable, Footer, Header, Input, Sparkline, Static
 
+from .._exceptions import CelflowError, DatabaseClosedError
 from .._types import StoredEvent
 from ._data import RATE_MINUTES, WINDOWS, DashboardSource, Filters, Snapshot
 
@@ -128,7 +129,12 @@ class DashboardApp(App[None]):
     @work(thread=True, exclusive=True, group="refresh")
     def load(self) -> None:
         """Read a snapshot on a worker thread (the UI never waits for the database)."""
-        snapshot = self.source.snapshot(self.window, self.filters)
+        try:
+            snapshot = self.source.snapshot(self.window, self.filters)
+        except CelflowError as exc:  # closed while quitting, or a read failed: say so, keep going
+            if not isinstance(exc, DatabaseClosedError):
+                self.call_from_thread(self.notify, str(exc), title="refresh failed", severity="error")
+            return
         self.call_from_thread(self.show, snapshot)
 
     # -- rendering -----------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .._database import EventDatabase
-from .._exceptions import CelflowError, QueryTimeoutError
+from .._exceptions import CelflowError, DatabaseClosedError, QueryTimeoutError
 from .._types import EventQuery, Pattern, StoredEvent, SystemStats
 
 __all__ = ["WINDOWS", "DashboardSource", "Filters", "Snapshot"]
@@ -104,6 +104,9 @@ class DashboardSource:
         self._total_at = 0.0
         self._total_lock = threading.Lock()
         self._counting = False
+        self._count_thread: threading.Thread | None = None
+        self._reading = threading.Lock()  # a refresh and close() never overlap
+        self._closed = False
         self._client: Any = None
         if service and (self.path.parent / "service.json").exists():
             self._client = self._connect()
@@ -117,9 +120,16 @@ class DashboardSource:
             return None
 
     def close(self) -> None:
+        """Close, once a running refresh and count are done (a count still running after 5 s is left)."""
+        with self._reading:
+            self._closed = True
+        counting = self._count_thread
+        if counting is not None:
+            counting.join(5.0)
         if self._client is not None:
             self._client.close()
-        self.database.close()
+        if counting is None or not counting.is_alive():
+            self.database.close()
 
     # -- the total: one full count a minute, off the refresh path ------------------------------
 
@@ -141,12 +151,20 @@ class DashboardSource:
             if wait:
                 self._recount()
             else:
-                threading.Thread(target=self._recount, name="celflow-dashboard-count", daemon=True).start()
+                self._count_thread = threading.Thread(target=self._recount, name="celflow-dashboard-count", daemon=True)
+                self._count_thread.start()
         return self._total
 
     # -- one refresh ---------------------------------------------------------------------------
 
     def snapshot(self, window: str = "hour", filters: Filters | None = None, *, wait_total: bool = False) -> Snapshot:
+        """One refresh's figures (raises :class:`DatabaseClosedError` after :meth:`close`)."""
+        with self._reading:
+            if self._closed:
+                raise DatabaseClosedError(f"the dashboard's database {self.path} is closed")
+            return self._snapshot(window, filters, wait_total=wait_total)
+
+    def _snapshot(self, window: str, filters: Filters | None, *, wait_total: bool) -> Snapshot:
         started = time.perf_counter()
         filters = filters or Filters()
         db = self.database

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -11,11 +13,12 @@ from typing import TYPE_CHECKING, Any
 import click
 import orjson
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from .._database import EventDatabase, make_query
 from .._exceptions import ServiceError
-from .._export import export_json
+from .._export import EXPORT_FORMATS, IMPORT_FORMATS, export_events, import_events
 from .._types import StoredEvent
 from . import State
 
@@ -195,10 +198,25 @@ def _show(rows: list[StoredEvent], as_json: bool, title: str) -> None:
         console.print(_event_table(rows, f"{len(rows)} {title}"))
 
 
+@contextlib.contextmanager
+def _progress(what: str, total: int | None) -> Iterator[Callable[[int], None] | None]:
+    """A progress bar on stderr when it is a terminal; nothing when piped."""
+    err = Console(stderr=True, highlight=False)
+    if not err.is_terminal:
+        yield None
+        return
+    with Progress(
+        TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=True
+    ) as bar:
+        task = bar.add_task(what, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
 @events.command()
 @click.argument("output", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path))
 @db_option
 @filter_options
+@click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), help="Default: from OUTPUT's extension, else json.")
 @click.option("--limit", type=click.IntRange(min=0), help="At most N events (default: all).")
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
 @click.pass_obj
@@ -210,23 +228,47 @@ def export(
     event_type: str | None,
     source: str | None,
     action: str | None,
+    fmt: str | None,
     limit: int | None,
     force: bool,
 ) -> None:
-    """Export events to OUTPUT as a JSON array, oldest first (`-` writes to stdout)."""
+    """Export events to OUTPUT, oldest first: JSON array (the seed's), JSON Lines, CSV or Parquet.
+
+    The file appears (0600) only once complete; `-` writes to standard output.
+    """
+    filters = {"start_time": _since(hours), "event_type": event_type, "source": source, "action": action}
     with _open(state, db) as database:
-        count = export_json(
-            database,
-            output,
-            force=force,
-            start_time=_since(hours),
-            event_type=event_type,
-            source=source,
-            action=action,
-            limit=limit,
-        )
+        total = database.count_events(**filters)
+        with _progress("exporting", total if limit is None else min(total, limit)) as progress:
+            count = export_events(database, output, fmt, force=force, progress=progress, limit=limit, **filters)
     if str(output) != "-":
         Console(stderr=True, highlight=False).print(f"exported {count:,} events to {output}")
+
+
+@events.command("import")
+@click.argument("source", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@db_option
+@click.option("--format", "fmt", type=click.Choice(IMPORT_FORMATS), help="Default: from SOURCE's extension.")
+@json_option
+@click.pass_obj
+def import_(state: State, source: Path, db: Path | None, fmt: str | None, as_json: bool) -> None:
+    """Import events from SOURCE: a CelFlow export (json, jsonl, csv, parquet) or an ActivityWatch
+    export (--format activitywatch). Importing the same file twice stores nothing new."""
+    path = db if db is not None else Path(state.load()[0].persistence.database_path)
+    with EventDatabase(path) as database, _progress("importing", None) as progress:
+        report = import_events(database, source, fmt, progress=progress)
+    if as_json:
+        _print_json(report.to_dict())
+        return
+    err = Console(stderr=True, highlight=False)
+    err.print(
+        f"imported {report.imported:,} events from {source}; {report.duplicates:,} were already stored, "
+        f"{report.rejected:,} rejected"
+    )
+    for where, message in report.rejects[:20]:
+        err.print(f"  {where}: {message}")
+    if report.rejected > 20:
+        err.print(f"  ... {report.rejected - 20:,} more (--json lists up to {len(report.rejects):,})")
 
 
 def _line(event: dict[str, Any], as_json: bool) -> str:

@@ -255,3 +255,76 @@ def test_cli_export_import_round_trip(filled: Path, tmp_path: Path) -> None:
     assert imported.returncode == 0, imported.stderr
     assert json.loads(imported.stdout)["imported"] == 300
     assert os.stat(target).st_mode & 0o777 == 0o600
+
+
+# -- replay ------------------------------------------------------------------------------------
+
+
+def test_replay_in_time_order_with_filters(filled: Path) -> None:
+    from celflow._replay import replay
+
+    seen: list[Any] = []
+    with EventDatabase(filled, readonly=True) as db:
+        assert replay(db, seen.append, event_type="clipboard") == 100
+    assert [e.timestamp for e in seen] == sorted(e.timestamp for e in seen)
+    assert {e.event_type for e in seen} == {"clipboard"}
+
+
+def test_replay_speed_factor_keeps_the_gaps(tmp_path: Path) -> None:
+    """Events 0, 1 and 3 s apart at speed 10 arrive 0.1 and 0.3 s apart (a fake clock records the waits)."""
+    from celflow._replay import replay
+
+    with EventDatabase(tmp_path / "events.db") as db:
+        db.store_events_batch([{"event_type": "t", "source": "s", "timestamp": 1_700_000_000.0 + t} for t in (0, 1, 3)])
+        now = [100.0]
+        waits: list[float] = []
+
+        def sleep(seconds: float) -> None:
+            waits.append(round(seconds, 6))
+            now[0] += seconds
+
+        arrivals: list[float] = []
+        replay(db, lambda e: arrivals.append(now[0]), speed=10, sleep=sleep, clock=lambda: now[0])
+        assert waits == [0.1, 0.2]
+        assert [round(a - 100.0, 6) for a in arrivals] == [0.0, 0.1, 0.3]
+        with pytest.raises(ValidationError, match="speed"):
+            replay(db, print, speed=0)
+        started = time.monotonic()
+        assert replay(db, lambda e: None, speed=30) == 3  # the real clock: 3 s of history in 0.1 s
+        assert 0.09 <= time.monotonic() - started < 2
+
+
+def test_cli_replay_to_stdout_and_into_another_service(filled: Path, tmp_path: Path) -> None:
+    from live_service import TOKEN, Service
+
+    printed = subprocess.run(
+        [CELFLOW, "events", "replay", "--db", str(filled), "--type", "app_focus"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert printed.returncode == 0, printed.stderr
+    lines = [json.loads(line) for line in printed.stdout.splitlines()]
+    assert len(lines) == 100 and {e["event_type"] for e in lines} == {"app_focus"}
+    target = Service(tmp_path / "target" / "events.db")
+    try:
+        for _ in range(2):  # a second replay stores nothing new: same timestamps and data, dedup
+            sent = subprocess.run(
+                [CELFLOW, "events", "replay", "--db", str(filled), "--to", target.http.url, "--token", TOKEN],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert sent.returncode == 0, sent.stderr
+            assert "replayed 300 events" in sent.stderr
+        with target.client() as c:
+            assert c.get("/api/v1/events/count").json() == {"total": 300}
+    finally:
+        target.close()
+    with (
+        EventDatabase(tmp_path / "target" / "events.db", readonly=True) as copy,
+        EventDatabase(filled, readonly=True) as source,
+    ):
+        assert comparable(copy.query(limit=None, order="asc").events) == comparable(
+            source.query(limit=None, order="asc").events
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -269,6 +270,65 @@ def import_(state: State, source: Path, db: Path | None, fmt: str | None, as_jso
         err.print(f"  {where}: {message}")
     if report.rejected > 20:
         err.print(f"  ... {report.rejected - 20:,} more (--json lists up to {len(report.rejects):,})")
+
+
+@events.command()
+@db_option
+@filter_options
+@click.option("--limit", type=click.IntRange(min=0), help="At most N events (default: all).")
+@click.option(
+    "--speed",
+    type=click.FloatRange(min=0, min_open=True),
+    help="1 = the original pace, 10 = ten times faster (default: as fast as possible).",
+)
+@click.option("--to", "url", help="Send the events to the CelFlow service at this URL instead of printing them.")
+@click.option("--token", help="The target service's token (default: CELFLOW_TOKEN).")
+@click.pass_obj
+def replay(
+    state: State,
+    db: Path | None,
+    hours: float | None,
+    event_type: str | None,
+    source: str | None,
+    action: str | None,
+    limit: int | None,
+    speed: float | None,
+    url: str | None,
+    token: str | None,
+) -> None:
+    """Replay stored events in time order: as JSON Lines on stdout, or into another service (--to)."""
+    from .._replay import replay as run_replay
+
+    filters: dict[str, Any] = {"start_time": _since(hours), "event_type": event_type, "source": source, "action": action}
+    with _open(state, db) as database:
+        if url is None:
+            out = sys.stdout.buffer
+
+            def emit(event: StoredEvent) -> None:
+                out.write(orjson.dumps(event.to_dict(), option=orjson.OPT_APPEND_NEWLINE))
+                if speed is not None:
+                    out.flush()
+
+            count = run_replay(database, emit, speed=speed, limit=limit, **filters)
+            out.flush()
+        else:
+            from ..client import Client
+
+            with Client(url, token or os.environ.get("CELFLOW_TOKEN")) as client:
+                count = run_replay(database, lambda e: client.send(_as_input(e)), speed=speed, limit=limit, **filters)
+                client.flush()
+    Console(stderr=True, highlight=False).print(f"replayed {count:,} events" + (f" to {url}" if url else ""))
+
+
+def _as_input(event: StoredEvent) -> dict[str, Any]:
+    """A stored event as an event to store again (same timestamp and data: the same dedup key)."""
+    return {
+        "event_type": event.event_type,
+        "source": event.source,
+        "action": event.action,
+        "timestamp": event.timestamp,
+        "data": event.data,
+    }
 
 
 def _line(event: dict[str, Any], as_json: bool) -> str:

@@ -299,7 +299,12 @@ def replay(
     """Replay stored events in time order: as JSON Lines on stdout, or into another service (--to)."""
     from .._replay import replay as run_replay
 
-    filters: dict[str, Any] = {"start_time": _since(hours), "event_type": event_type, "source": source, "action": action}
+    filters: dict[str, Any] = {
+        "start_time": _since(hours),
+        "event_type": event_type,
+        "source": source,
+        "action": action,
+    }
     with _open(state, db) as database:
         if url is None:
             out = sys.stdout.buffer

@@ -225,6 +225,10 @@ class StoreContract:
         (p,) = store.select_patterns(embryo_id="e1")
         assert p.pattern_data == {"steps": [1, 2]} and p.confidence == 0.9
 
+    def test_quick_check_of_a_healthy_store(self, store: EventStore) -> None:
+        store.insert_events(rows(50))
+        assert store.quick_check() == []
+
     def test_pattern_summary(self, store: EventStore) -> None:
         """Counts and average confidence per pattern type, most frequent first."""
         assert store.pattern_summary() == []

@@ -9,6 +9,7 @@ EXPECTED = {
     "CelflowError",
     "Config",
     "ConfigError",
+    "CorruptDatabaseError",
     "DatabaseClosedError",
     "DatabaseNotFoundError",
     "EventDatabase",

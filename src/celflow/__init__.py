@@ -12,6 +12,7 @@ from ._encoding import decode_data, prepare_event
 from ._exceptions import (
     CelflowError,
     ConfigError,
+    CorruptDatabaseError,
     DatabaseClosedError,
     DatabaseNotFoundError,
     ExportError,
@@ -40,6 +41,7 @@ __all__ = [
     "CelflowError",
     "Config",
     "ConfigError",
+    "CorruptDatabaseError",
     "DatabaseClosedError",
     "DatabaseNotFoundError",
     "EventDatabase",

@@ -15,6 +15,7 @@ Tree::
         ├── SchemaVersionError       the file was written by a newer CelFlow
         ├── WriterBusyError          another process is already writing this database
         ├── DatabaseClosedError      the EventDatabase was used after close()
+        ├── CorruptDatabaseError     the file is damaged: `celflow db recover` saves what can be read
         ├── OperationalError         the database engine failed (I/O, disk full, locked too long)
         └── QueryTimeoutError        a read ran past its time limit and was interrupted
 
@@ -28,6 +29,7 @@ from typing import Any
 __all__ = [
     "CelflowError",
     "ConfigError",
+    "CorruptDatabaseError",
     "DatabaseClosedError",
     "DatabaseNotFoundError",
     "ExportError",
@@ -113,3 +115,7 @@ class ServiceError(CelflowError):
         super().__init__(message)
         self.status = status  # None: no answer (connection refused, timed out)
         self.details = details or {}
+
+
+class CorruptDatabaseError(PersistenceError):
+    """The database file is damaged; ``celflow db recover`` saves what can be read."""

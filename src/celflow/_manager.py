@@ -7,6 +7,7 @@ import contextlib
 import enum
 import functools
 import logging
+import os
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
@@ -15,7 +16,7 @@ from typing import Any
 from ._config import Config, PersistenceConfig, parse_config
 from ._database import EventDatabase
 from ._encoding import EncodingOptions, Row, prepare_batch, prepare_event
-from ._exceptions import ManagerStateError, QueueFullError
+from ._exceptions import CorruptDatabaseError, ManagerStateError, QueueFullError
 from ._types import EventQuery
 from ._writer import BatchWriter, Overflow
 
@@ -73,6 +74,7 @@ class EventPersistenceManager:
         )
         try:
             database.store.acquire_writer()
+            await asyncio.to_thread(_probe, database)
             self._events_at_start = await asyncio.to_thread(database.store.count_events, EventQuery(limit=None))
         except BaseException:
             database.close()
@@ -297,6 +299,28 @@ class EventPersistenceManager:
         assert self.database is not None
         self.database.store.insert_system_stats(values)
         yield from ()
+
+
+QUICK_CHECK_UP_TO = 2 * 1024**3  # bytes: a full quick_check at start (seconds); above, the edges only
+
+
+def _probe(database: EventDatabase) -> None:
+    """Refuse a damaged file before anything is written (:class:`CorruptDatabaseError` names
+    ``celflow db recover``): SQLite's quick_check for files up to 2 GiB, else a read of the edges
+    (schema, first and last events, both ends of the time index)."""
+    store = database.store
+    if os.path.getsize(store.path) <= QUICK_CHECK_UP_TO:
+        problems = store.quick_check()
+        if problems:
+            raise CorruptDatabaseError(
+                f"{store.path} is damaged ({problems[0]}); CelFlow will not write to it. Stop here and run "
+                f"`celflow db recover --db {store.path}` (it saves what can be read and keeps the damaged file aside)"
+            )
+        return
+    store.select_after(0, EventQuery(limit=1))
+    store.select_after(max(0, store.last_id() - 1), EventQuery(limit=1))
+    store.select_events(EventQuery(limit=1))
+    store.select_events(EventQuery(limit=1, order="asc"))
 
 
 def create_event_persistence(

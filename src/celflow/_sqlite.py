@@ -19,6 +19,7 @@ import orjson
 from . import _schema
 from ._encoding import Row, data_text, decode_data
 from ._exceptions import (
+    CorruptDatabaseError,
     DatabaseClosedError,
     DatabaseNotFoundError,
     NotACelflowDatabaseError,
@@ -87,6 +88,11 @@ def translate(exc: sqlite3.Error, path: str) -> PersistenceError:
         if "disk is full" in str(exc) or "database or disk is full" in str(exc):
             message += ": free some disk space; nothing of the failed batch was written"
         return OperationalError(message)
+    if isinstance(exc, sqlite3.DatabaseError) and "malformed" in str(exc):
+        return CorruptDatabaseError(
+            f"{message}: the file is damaged; stop CelFlow and run `celflow db recover --db {path}` "
+            "(it saves what can be read and keeps the damaged file aside)"
+        )
     if isinstance(exc, sqlite3.DatabaseError) and "not a database" in str(exc):
         return NotACelflowDatabaseError(message)
     return PersistenceError(message)
@@ -422,6 +428,11 @@ class SQLiteStore:
             sql += " LIMIT ?"
             params.append(query.limit)
         return [_row_to_event(r) for r in self._read(sql, params)]
+
+    def quick_check(self) -> list[str]:
+        """SQLite's ``quick_check``: the problems it finds (empty: none)."""
+        rows = [str(r[0]) for r in self._read("PRAGMA quick_check(20)")]
+        return [] if rows == ["ok"] else rows
 
     def last_id(self) -> int:
         """The highest id ever given (``sqlite_sequence``: deleted ids count too)."""

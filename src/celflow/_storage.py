@@ -38,6 +38,9 @@ class EventStore(Protocol):
     def select_after(self, after_id: int, query: EventQuery, *, until_id: int | None = None) -> list[StoredEvent]:
         """Events with ``after_id < id <= until_id`` matching ``query``, in id (commit) order, up to its limit."""
 
+    def quick_check(self) -> list[str]:
+        """Problems a quick structural check of the stored data finds (empty: none)."""
+
     def last_id(self) -> int:
         """The highest id ever given to an event (0 for none); ids are never reused."""
 

@@ -51,10 +51,11 @@ def cli(ctx: click.Context, config_path: Path | None) -> None:
 def _register() -> None:
     from .config import config
     from .dashboard import dashboard
+    from .db import db
     from .events import events
     from .run import run
 
-    for command in (run, events, config, dashboard):
+    for command in (run, events, db, config, dashboard):
         cli.add_command(command)
 
 

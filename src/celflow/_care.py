@@ -1,0 +1,353 @@
+"""Database care: check, vacuum, backup, recover and a doctor that says what to do.
+
+Nothing here deletes or overwrites a user's database: a backup goes to a new private file, a
+recovery writes a new database and moves the damaged one aside under a dated name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sqlite3
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._encoding import Row, decode_data
+from ._exceptions import CorruptDatabaseError, DatabaseNotFoundError, ExportError
+from ._lock import WriterLock
+from ._schema import APPLICATION_ID, SCHEMA_VERSION
+from ._sqlite import SQLiteStore
+
+__all__ = [
+    "CheckReport",
+    "RecoverReport",
+    "backup_database",
+    "check_database",
+    "doctor",
+    "recover_database",
+    "vacuum_database",
+]
+
+_EVENT_COLUMNS = "id, timestamp, event_type, action, source, data_json, data_compressed, hash"
+
+
+def _existing(path: str | os.PathLike[str]) -> str:
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise DatabaseNotFoundError(f"no CelFlow database at {path}")
+    return path
+
+
+def _size_mb(path: str) -> float:
+    return round(os.path.getsize(path) / 1_048_576, 3) if os.path.exists(path) else 0.0
+
+
+@dataclass
+class CheckReport:
+    """What ``check_database`` found."""
+
+    path: str
+    ok: bool
+    mode: str  # "quick" or "full"
+    problems: list[str] = field(default_factory=list)
+    schema_version: int | None = None
+    application_id: int | None = None
+    size_mb: float = 0.0
+    wal_size_mb: float = 0.0
+    page_size: int = 0
+    page_count: int = 0
+    free_pages: int = 0
+    fragmentation: float = 0.0  # free pages / all pages
+    last_event_id: int | None = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_database(path: str | os.PathLike[str], *, full: bool = False) -> CheckReport:
+    """Check a database without changing it: ``quick_check`` (or the full ``integrity_check``)."""
+    path = _existing(path)
+    started = time.perf_counter()
+    report = CheckReport(path, ok=True, mode="full" if full else "quick")
+    report.size_mb, report.wal_size_mb = _size_mb(path), _size_mb(path + "-wal")
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        report.ok = False
+        report.problems.append(f"cannot open: {exc}")
+        return report
+    try:
+        report.application_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        report.schema_version = conn.execute("PRAGMA user_version").fetchone()[0]
+        report.page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        report.page_count = conn.execute("PRAGMA page_count").fetchone()[0]
+        report.free_pages = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        if report.page_count:
+            report.fragmentation = round(report.free_pages / report.page_count, 4)
+        if report.application_id != APPLICATION_ID:
+            report.problems.append(f"not a CelFlow database (application_id {report.application_id:#x})")
+        elif (report.schema_version or 0) > SCHEMA_VERSION:
+            report.problems.append(
+                f"schema version {report.schema_version} is newer than this CelFlow ({SCHEMA_VERSION})"
+            )
+        with contextlib.suppress(sqlite3.Error):
+            row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+            report.last_event_id = int(row[0]) if row else 0
+        pragma = "integrity_check(100)" if full else "quick_check(100)"
+        results = [r[0] for r in conn.execute(f"PRAGMA {pragma}")]
+        if results != ["ok"]:
+            report.problems.extend(results)
+    except sqlite3.DatabaseError as exc:
+        report.problems.append(str(exc))
+    finally:
+        conn.close()
+    report.ok = not report.problems
+    report.seconds = round(time.perf_counter() - started, 3)
+    return report
+
+
+def vacuum_database(path: str | os.PathLike[str]) -> tuple[float, float]:
+    """Rebuild the file without free pages (needs the writer lock: stop ``celflow run`` first).
+
+    Returns the size in MB before and after.
+    """
+    path = _existing(path)
+    before = _size_mb(path) + _size_mb(path + "-wal")
+    lock = WriterLock(path)
+    lock.acquire()
+    try:
+        conn = sqlite3.connect(path, isolation_level=None)
+        try:
+            conn.execute("VACUUM")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            conn.close()
+    finally:
+        lock.release()
+    return before, _size_mb(path) + _size_mb(path + "-wal")
+
+
+def backup_database(path: str | os.PathLike[str], destination: str | os.PathLike[str], *, force: bool = False) -> int:
+    """A consistent copy of the database, taken online (``celflow run`` may keep writing).
+
+    ``VACUUM INTO`` reads one snapshot in a single read transaction, which in WAL mode never
+    blocks the writer. The copy is written private (0600) under a temporary name, checked, and
+    renamed into place. Returns its size in bytes.
+    """
+    path = _existing(path)
+    target = Path(destination)
+    if target.exists() and not force:
+        raise ExportError(f"{target} already exists; pass --force to overwrite it")
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        raise ExportError(f"folder {folder} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=folder)  # an empty 0600 file
+    os.close(fd)
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            conn.execute("VACUUM INTO ?", (tmp,))
+        finally:
+            conn.close()
+        copy = sqlite3.connect(tmp)
+        try:
+            result = copy.execute("PRAGMA quick_check").fetchone()[0]
+        finally:
+            copy.close()
+        if result != "ok":
+            raise CorruptDatabaseError(f"the backup of {path} failed its check ({result}); the source may be damaged")
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return target.stat().st_size
+
+
+@dataclass
+class RecoverReport:
+    """What ``recover_database`` saved."""
+
+    path: str
+    damaged_copy: str
+    events_saved: int = 0
+    events_lost: int = 0  # rows read but unreadable (bad data), plus ids skipped over damaged pages
+    patterns_saved: int = 0
+    system_stats_saved: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _salvage_events(conn: sqlite3.Connection, report: RecoverReport) -> list[Row]:
+    rows: list[Row] = []
+    after, step = 0, 1
+    try:
+        last = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+        last_id = int(last[0]) if last else None
+    except sqlite3.Error:
+        last_id = None
+    while True:
+        try:
+            page = conn.execute(
+                f"SELECT {_EVENT_COLUMNS} FROM events WHERE id > ? ORDER BY id LIMIT 500", (after,)
+            ).fetchall()
+        except sqlite3.DatabaseError as exc:
+            if len(report.problems) < 20:
+                report.problems.append(f"events after id {after}: {exc}")
+            if last_id is not None and after >= last_id:
+                break
+            after += step  # hop over the damaged pages, faster the longer they go on
+            step = min(step * 2, 100_000)
+            if last_id is None and after > 10**12:
+                break
+            continue
+        step = 1
+        if not page:
+            break
+        for _, ts, event_type, action, source, data_json, data_compressed, digest in page:
+            try:
+                decode_data(data_json, data_compressed)
+                rows.append(
+                    Row(float(ts), str(event_type), action, str(source), data_json, data_compressed, str(digest))
+                )
+            except Exception:  # noqa: BLE001 - a damaged row of any kind is lost, the rest saved
+                report.events_lost += 1
+        after = page[-1][0]
+    return rows
+
+
+def recover_database(path: str | os.PathLike[str]) -> RecoverReport:
+    """Save what can be read from a damaged database into a new one at the same path.
+
+    The damaged file (and its WAL) is moved aside as ``<name>.damaged-<time>``, never deleted.
+    Needs the writer lock: stop ``celflow run`` first.
+    """
+    path = _existing(path)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    report = RecoverReport(path, damaged_copy=f"{path}.damaged-{stamp}")
+    lock = WriterLock(path)
+    lock.acquire()
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, work = tempfile.mkstemp(prefix=".damaged-copy.", suffix=".db", dir=folder)  # read a copy: never the file
+    os.close(fd)
+    try:
+        shutil.copyfile(path, work)
+        source = _open_damaged(work, path)
+        try:
+            events = _salvage_events(source, report)
+            patterns = _salvage_all(source, "patterns", report)
+            stats = _salvage_all(source, "system_stats", report)
+        finally:
+            source.close()
+        fd, fresh = tempfile.mkstemp(prefix=".recovered.", suffix=".db", dir=folder)
+        os.close(fd)
+        os.unlink(fresh)  # SQLiteStore creates it (0600) with the schema
+        store = SQLiteStore(fresh)
+        try:
+            for start in range(0, len(events), 5000):
+                result = store.insert_events(events[start : start + 5000], want_ids=False)
+                report.events_saved += result.inserted
+            with store.transaction() as conn:
+                for row in patterns:
+                    conn.execute(
+                        "INSERT INTO patterns (event_id, pattern_type, confidence, pattern_data, embryo_id, "
+                        "created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                        row[1:],
+                    )
+                for row in stats:
+                    conn.execute(
+                        "INSERT INTO system_stats (timestamp, total_events, events_per_second, active_embryos, "
+                        "avg_fitness, storage_mb, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        row[1:],
+                    )
+            report.patterns_saved, report.system_stats_saved = len(patterns), len(stats)
+        finally:
+            store.close()
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(path + suffix):
+                os.rename(path + suffix, report.damaged_copy + suffix)
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(fresh + suffix):
+                os.rename(fresh + suffix, path + suffix)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(fresh + ".lock")
+    finally:
+        for leftover in (work, work + "-wal", work + "-shm", work + "-journal"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(leftover)
+        lock.release()
+    return report
+
+
+def _open_damaged(work: str, original: str) -> sqlite3.Connection:
+    """Open the working copy; a truncated file gets its header's page count cleared (SQLite then
+    takes the size from the file) so the pages that are there can be read."""
+    for attempt in range(2):
+        try:
+            conn = sqlite3.connect(work)
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return conn
+        except sqlite3.DatabaseError as exc:
+            with contextlib.suppress(Exception):
+                conn.close()
+            if attempt == 1:
+                raise CorruptDatabaseError(
+                    f"{original} cannot be read at all ({exc}): nothing can be saved from it; it was left as it is"
+                ) from None
+            with open(work, "r+b") as f:
+                f.seek(28)  # "in-header database size": 0 = use the file's size
+                f.write(b"\x00\x00\x00\x00")
+    raise AssertionError("unreachable")
+
+
+def _salvage_all(conn: sqlite3.Connection, table: str, report: RecoverReport) -> list[tuple[Any, ...]]:
+    columns = {
+        "patterns": "id, event_id, pattern_type, confidence, pattern_data, embryo_id, created_at",
+        "system_stats": (
+            "id, timestamp, total_events, events_per_second, active_embryos, avg_fitness, storage_mb, created_at"
+        ),
+    }[table]  # fixed names: safe in SQL
+    try:
+        return conn.execute(f"SELECT {columns} FROM {table} ORDER BY id").fetchall()
+    except sqlite3.DatabaseError as exc:
+        report.problems.append(f"{table}: {exc} (not saved)")
+        return []
+
+
+def doctor(path: str | os.PathLike[str]) -> tuple[CheckReport, list[str]]:
+    """A full check, and what to do about what it found, in plain words."""
+    report = check_database(path, full=True)
+    advice: list[str] = []
+    shown = os.fspath(path)
+    if any("not a CelFlow database" in p for p in report.problems):
+        advice.append("This file is not a CelFlow database: point --db at the right file.")
+    elif any("newer than this CelFlow" in p for p in report.problems):
+        advice.append("A newer CelFlow wrote this file: upgrade CelFlow (pip install -U celflow).")
+    elif not report.ok:
+        advice.append(
+            f"The file is damaged. Stop `celflow run`, then run `celflow db recover --db {shown}`: it saves "
+            "what can be read into a new database and keeps the damaged file aside."
+        )
+    if report.ok and report.fragmentation > 0.2:
+        advice.append(
+            f"{report.fragmentation:.0%} of the file is free pages: `celflow db vacuum --db {shown}` "
+            "(with `celflow run` stopped) gives the space back."
+        )
+    if report.ok and report.wal_size_mb > 256:
+        advice.append(
+            f"The WAL is {report.wal_size_mb:,.0f} MB: a reader may be holding an old snapshot open; close "
+            "long-running readers, or stop and start `celflow run` to checkpoint it."
+        )
+    if report.ok and not advice:
+        advice.append("The database is healthy. Nothing to do.")
+    advice.append(f"Keep a copy: `celflow db backup --db {shown} BACKUP.db` works while `celflow run` writes.")
+    return report, advice

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from ._encoding import Row, decode_data
-from ._exceptions import CorruptDatabaseError, DatabaseNotFoundError, ExportError
+from ._exceptions import CorruptDatabaseError, DatabaseNotFoundError
+from ._export import writable_target
 from ._lock import WriterLock
 from ._schema import APPLICATION_ID, SCHEMA_VERSION
 from ._sqlite import SQLiteStore
@@ -141,11 +142,7 @@ def backup_database(path: str | os.PathLike[str], destination: str | os.PathLike
     """
     path = _existing(path)
     target = Path(destination)
-    if target.exists() and not force:
-        raise ExportError(f"{target} already exists; pass --force to overwrite it")
-    folder = target.parent if str(target.parent) else Path(".")
-    if not folder.is_dir():
-        raise ExportError(f"folder {folder} does not exist")
+    folder = writable_target(target, force=force)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=folder)  # an empty 0600 file
     os.close(fd)
     try:

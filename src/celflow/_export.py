@@ -46,6 +46,18 @@ MAX_REJECTS_LISTED = 1000
 Progress = Callable[[int], None]
 
 
+def writable_target(target: Path, *, force: bool) -> Path:
+    """The folder ``target`` goes in, once it is clear that writing it is allowed."""
+    if target.exists() and not force:
+        raise ExportError(f"{target} already exists; pass --force to overwrite it")
+    if target.is_dir():
+        raise ExportError(f"{target} is a folder; give a file name")
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        raise ExportError(f"folder {folder} does not exist")
+    return folder
+
+
 @contextlib.contextmanager
 def private_output(output: str | os.PathLike[str], *, force: bool = False) -> Iterator[BinaryIO]:
     """A binary file that appears at ``output`` (mode 0600) only once the block ends without error.
@@ -57,13 +69,7 @@ def private_output(output: str | os.PathLike[str], *, force: bool = False) -> It
         sys.stdout.flush()
         return
     target = Path(output)
-    if target.exists() and not force:
-        raise ExportError(f"{target} already exists; pass --force to overwrite it")
-    if target.is_dir():
-        raise ExportError(f"{target} is a folder; give a file name")
-    folder = target.parent if str(target.parent) else Path(".")
-    if not folder.is_dir():
-        raise ExportError(f"folder {folder} does not exist")
+    folder = writable_target(target, force=force)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=folder)  # created 0600
     try:
         with os.fdopen(fd, "wb") as f:

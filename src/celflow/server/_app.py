@@ -27,6 +27,7 @@ from .._config import HttpConfig
 from .._database import EventDatabase, make_query
 from .._encoding import prepare_each
 from .._exceptions import CelflowError, ManagerStateError, QueryTimeoutError, QueueFullError, ValidationError
+from .._export import CSV_COLUMNS, _csv_row
 from .._manager import EventPersistenceManager
 from .._types import StoredEvent
 from ._guard import Guard
@@ -350,7 +351,7 @@ class Api:
             while True:
                 events, cursor = await self.read("export", functools.partial(store.select_events, page_query))
                 if fmt == "csv":
-                    yield b"".join(_csv_line(_csv_values(e)) for e in events)
+                    yield b"".join(_csv_line(_csv_row(e)) for e in events)
                 else:
                     yield b"".join(_json.encode(e) + b"\n" for e in events)
                 if cursor is None:
@@ -451,27 +452,12 @@ class Api:
 
 
 PAGE_SIZE = 1000
-CSV_COLUMNS = ("id", "timestamp", "event_type", "action", "source", "data", "hash", "processed", "created_at")
-
-
-def _csv_values(event: StoredEvent) -> list[Any]:
-    data = orjson.dumps(event.data, option=orjson.OPT_SORT_KEYS).decode()
-    return [
-        event.id,
-        repr(event.timestamp),
-        event.event_type,
-        event.action,
-        event.source,
-        data,
-        event.hash,
-        int(event.processed),
-        event.created_at,
-    ]
 
 
 def _csv_line(values: Any) -> bytes:
+    """One CSV record, the way ``celflow events export --format csv`` writes it."""
     out = io.StringIO()
-    csv.writer(out, lineterminator="\r\n").writerow(["" if v is None else v for v in values])
+    csv.writer(out, lineterminator="\r\n").writerow(values)
     return out.getvalue().encode()
 
 

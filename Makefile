@@ -47,5 +47,12 @@ bench: $(VENV)/.installed-bench
 bench-full: $(VENV)/.installed-bench
 	$(BIN)/python bench/run.py --full
 
+# torture: the reliability suite (tests/reliability) at full counts, then its table.
+TORTURE_REPORT ?= $(CURDIR)/.torture-report.jsonl
+torture: $(VENV)/.installed-test
+	rm -f $(TORTURE_REPORT)
+	CELFLOW_TORTURE=1 CELFLOW_TORTURE_REPORT=$(TORTURE_REPORT) $(BIN)/pytest tests/reliability -q -p no:cacheprovider --timeout 3600
+	$(BIN)/python tests/reliability/report.py $(TORTURE_REPORT)
+
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

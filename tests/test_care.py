@@ -137,6 +137,24 @@ def test_recover_saves_what_can_be_read(healthy: Path, damage: str) -> None:
         assert db.count_events() == report.events_saved
         saved = db.query(limit=None, order="asc").events
         assert all(e.data["path"] == f"/home/user/file-{e.data['i']}.txt" for e in saved)  # intact rows only
+        assert all(e.id == e.data["i"] + 1 for e in saved)  # the same ids: cursors and patterns still fit
+        assert db.store.last_id() >= N  # new events are numbered after every old one
+    assert report.events_saved + report.events_lost + report.ids_skipped >= N or damage == "truncation"
+
+
+def test_recover_keeps_what_only_the_wal_holds(tmp_path: Path) -> None:
+    """Events committed but not yet checkpointed are in the WAL: recovery reads them too."""
+    path = tmp_path / "events.db"
+    build(path, 2000)
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA wal_autocheckpoint = 0")
+        conn.execute(
+            "INSERT INTO events (timestamp, event_type, source, data_json, hash) VALUES (5, 't', 's', '{}', 'h')"
+        )
+        conn.commit()
+        assert Path(f"{path}-wal").stat().st_size > 0
+        report = recover_database(path)
+    assert report.events_saved == 2001
 
 
 def test_a_damaged_database_is_refused_by_the_service(healthy: Path) -> None:

@@ -91,6 +91,12 @@ def test_export_filters_and_refuses_to_overwrite(filled: Path, tmp_path: Path) -
             export_events(db, tmp_path / "x.xml", "xml")
 
 
+def test_export_never_overwrites_a_live_database(filled: Path) -> None:
+    with EventDatabase(filled, readonly=True) as db, pytest.raises(ExportError, match="database"):
+        export_events(db, filled, "jsonl", force=True)
+    assert EventDatabase(filled, readonly=True).count_events() == 300
+
+
 def test_csv_is_readable_by_csv_tools(filled: Path, tmp_path: Path) -> None:
     out = tmp_path / "events.csv"
     with EventDatabase(filled, readonly=True) as db:
@@ -236,6 +242,10 @@ def test_activitywatch_import(tmp_path: Path) -> None:
             "hostname": "alice-laptop",
         }
         assert import_events(db, source, "activitywatch").imported == 0  # idempotent
+        grown = activitywatch_export()  # a later export: ActivityWatch grew its newest event's duration
+        grown["buckets"]["aw-watcher-window_alice-laptop"]["events"][-1]["duration"] = 300.0
+        source.write_text(json.dumps(grown))
+        assert import_events(db, source, "activitywatch").imported == 0  # the same event, by AW's id
 
 
 def test_cli_export_import_round_trip(filled: Path, tmp_path: Path) -> None:

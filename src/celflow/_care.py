@@ -16,12 +16,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._encoding import Row, decode_data
+from ._encoding import decode_data
 from ._exceptions import CorruptDatabaseError, DatabaseNotFoundError
 from ._export import writable_target
 from ._lock import WriterLock
-from ._schema import APPLICATION_ID, SCHEMA_VERSION
-from ._sqlite import SQLiteStore
+from ._schema import APPLICATION_ID, SCHEMA_VERSION, rebuild_counts
+from ._sqlite import SQLiteStore, translate
 
 __all__ = [
     "CheckReport",
@@ -34,6 +34,11 @@ __all__ = [
 ]
 
 _EVENT_COLUMNS = "id, timestamp, event_type, action, source, data_json, data_compressed, hash"
+
+
+def _ro_uri(path: str) -> str:
+    """A read-only URI for ``path`` (quoted: '?', '#' and '%' in names stay part of the name)."""
+    return Path(path).resolve().as_uri() + "?mode=ro"
 
 
 def _existing(path: str | os.PathLike[str]) -> str:
@@ -77,7 +82,7 @@ def check_database(path: str | os.PathLike[str], *, full: bool = False) -> Check
     report = CheckReport(path, ok=True, mode="full" if full else "quick")
     report.size_mb, report.wal_size_mb = _size_mb(path), _size_mb(path + "-wal")
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        conn = sqlite3.connect(_ro_uri(path), uri=True)
     except sqlite3.Error as exc:
         report.ok = False
         report.problems.append(f"cannot open: {exc}")
@@ -122,12 +127,15 @@ def vacuum_database(path: str | os.PathLike[str]) -> tuple[float, float]:
     lock = WriterLock(path)
     lock.acquire()
     try:
-        conn = sqlite3.connect(path, isolation_level=None)
         try:
-            conn.execute("VACUUM")
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        finally:
-            conn.close()
+            conn = sqlite3.connect(path, isolation_level=None)
+            try:
+                conn.execute("VACUUM")
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            raise translate(exc, path) from None
     finally:
         lock.release()
     return before, _size_mb(path) + _size_mb(path + "-wal")
@@ -142,15 +150,18 @@ def backup_database(path: str | os.PathLike[str], destination: str | os.PathLike
     """
     path = _existing(path)
     target = Path(destination)
-    folder = writable_target(target, force=force)
+    folder = writable_target(target, force=force, source=path)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=folder)  # an empty 0600 file
     os.close(fd)
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         try:
-            conn.execute("VACUUM INTO ?", (tmp,))
-        finally:
-            conn.close()
+            conn = sqlite3.connect(_ro_uri(path), uri=True)
+            try:
+                conn.execute("VACUUM INTO ?", (tmp,))
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            raise translate(exc, path) from None
         copy = sqlite3.connect(tmp)
         try:
             result = copy.execute("PRAGMA quick_check").fetchone()[0]
@@ -174,8 +185,10 @@ class RecoverReport:
 
     path: str
     damaged_copy: str
+    last_id: int = 0  # the damaged file's highest id: new events are numbered after it
     events_saved: int = 0
-    events_lost: int = 0  # rows read but unreadable (bad data), plus ids skipped over damaged pages
+    events_lost: int = 0  # rows read whose data could not be decoded
+    ids_skipped: int = 0  # ids hopped over on damaged pages: at most this many more events lost
     patterns_saved: int = 0
     system_stats_saved: int = 0
     problems: list[str] = field(default_factory=list)
@@ -184,18 +197,22 @@ class RecoverReport:
         return asdict(self)
 
 
-def _salvage_events(conn: sqlite3.Connection, report: RecoverReport) -> list[Row]:
-    rows: list[Row] = []
+_KEEP_COLUMNS = "id, timestamp, event_type, action, source, data_json, data_compressed, hash, processed, created_at"
+
+
+def _salvage_events(conn: sqlite3.Connection, report: RecoverReport) -> list[tuple[Any, ...]]:
+    rows: list[tuple[Any, ...]] = []
     after, step = 0, 1
     try:
         last = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
         last_id = int(last[0]) if last else None
+        report.last_id = last_id or 0
     except sqlite3.Error:
         last_id = None
     while True:
         try:
             page = conn.execute(
-                f"SELECT {_EVENT_COLUMNS} FROM events WHERE id > ? ORDER BY id LIMIT 500", (after,)
+                f"SELECT {_KEEP_COLUMNS} FROM events WHERE id > ? ORDER BY id LIMIT 500", (after,)
             ).fetchall()
         except sqlite3.DatabaseError as exc:
             if len(report.problems) < 20:
@@ -203,6 +220,7 @@ def _salvage_events(conn: sqlite3.Connection, report: RecoverReport) -> list[Row
             if last_id is not None and after >= last_id:
                 break
             after += step  # hop over the damaged pages, faster the longer they go on
+            report.ids_skipped += step
             step = min(step * 2, 100_000)
             if last_id is None and after > 10**12:
                 break
@@ -210,12 +228,11 @@ def _salvage_events(conn: sqlite3.Connection, report: RecoverReport) -> list[Row
         step = 1
         if not page:
             break
-        for _, ts, event_type, action, source, data_json, data_compressed, digest in page:
+        for row in page:
             try:
-                decode_data(data_json, data_compressed)
-                rows.append(
-                    Row(float(ts), str(event_type), action, str(source), data_json, data_compressed, str(digest))
-                )
+                decode_data(row[5], row[6])
+                float(row[1])
+                rows.append(row)
             except Exception:  # noqa: BLE001 - a damaged row of any kind is lost, the rest saved
                 report.events_lost += 1
         after = page[-1][0]
@@ -230,7 +247,12 @@ def recover_database(path: str | os.PathLike[str]) -> RecoverReport:
     """
     path = _existing(path)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    report = RecoverReport(path, damaged_copy=f"{path}.damaged-{stamp}")
+    aside = f"{path}.damaged-{stamp}"
+    n = 1
+    while os.path.exists(aside):  # never replace an earlier damaged copy
+        n += 1
+        aside = f"{path}.damaged-{stamp}-{n}"
+    report = RecoverReport(path, damaged_copy=aside)
     lock = WriterLock(path)
     lock.acquire()
     folder = os.path.dirname(os.path.abspath(path))
@@ -238,6 +260,8 @@ def recover_database(path: str | os.PathLike[str]) -> RecoverReport:
     os.close(fd)
     try:
         shutil.copyfile(path, work)
+        if os.path.exists(path + "-wal"):  # committed events not yet checkpointed live there
+            shutil.copyfile(path + "-wal", work + "-wal")
         source = _open_damaged(work, path)
         try:
             events = _salvage_events(source, report)
@@ -248,27 +272,13 @@ def recover_database(path: str | os.PathLike[str]) -> RecoverReport:
         fd, fresh = tempfile.mkstemp(prefix=".recovered.", suffix=".db", dir=folder)
         os.close(fd)
         os.unlink(fresh)  # SQLiteStore creates it (0600) with the schema
-        store = SQLiteStore(fresh)
         try:
-            for start in range(0, len(events), 5000):
-                result = store.insert_events(events[start : start + 5000], want_ids=False)
-                report.events_saved += result.inserted
-            with store.transaction() as conn:
-                for row in patterns:
-                    conn.execute(
-                        "INSERT INTO patterns (event_id, pattern_type, confidence, pattern_data, embryo_id, "
-                        "created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                        row[1:],
-                    )
-                for row in stats:
-                    conn.execute(
-                        "INSERT INTO system_stats (timestamp, total_events, events_per_second, active_embryos, "
-                        "avg_fitness, storage_mb, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        row[1:],
-                    )
-            report.patterns_saved, report.system_stats_saved = len(patterns), len(stats)
-        finally:
-            store.close()
+            _write_recovered(fresh, events, patterns, stats, report)
+        except BaseException:
+            for leftover in (fresh, fresh + "-wal", fresh + "-shm", fresh + ".lock"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(leftover)
+            raise
         for suffix in ("", "-wal", "-shm"):
             if os.path.exists(path + suffix):
                 os.rename(path + suffix, report.damaged_copy + suffix)
@@ -285,10 +295,45 @@ def recover_database(path: str | os.PathLike[str]) -> RecoverReport:
     return report
 
 
+def _write_recovered(
+    fresh: str,
+    events: list[tuple[Any, ...]],
+    patterns: list[tuple[Any, ...]],
+    stats: list[tuple[Any, ...]],
+    report: RecoverReport,
+) -> None:
+    """The new database: every saved row with its original id."""
+    store = SQLiteStore(fresh)
+    try:
+        with store.transaction() as conn:  # the same ids: streams, patterns and cursors still fit
+            conn.executemany(
+                f"INSERT OR IGNORE INTO events ({_KEEP_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", events
+            )
+            report.events_saved = conn.execute("SELECT count(*) FROM events").fetchone()[0]
+            highest = max([report.last_id, *(row[0] for row in events[-1:])])
+            conn.execute("DELETE FROM sqlite_sequence WHERE name = 'events'")
+            conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('events', ?)", (highest,))
+            rebuild_counts(conn)
+        with store.transaction() as conn:
+            conn.executemany(
+                "INSERT INTO patterns (id, event_id, pattern_type, confidence, pattern_data, embryo_id, "
+                "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                patterns,
+            )
+            conn.executemany(
+                "INSERT INTO system_stats (id, timestamp, total_events, events_per_second, active_embryos, "
+                "avg_fitness, storage_mb, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                stats,
+            )
+        report.patterns_saved, report.system_stats_saved = len(patterns), len(stats)
+    finally:
+        store.close()
+
+
 def _open_damaged(work: str, original: str) -> sqlite3.Connection:
     """Open the working copy; a truncated file gets its header's page count cleared (SQLite then
     takes the size from the file) so the pages that are there can be read."""
-    for attempt in range(2):
+    for attempt in range(3):
         try:
             conn = sqlite3.connect(work)
             conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
@@ -296,7 +341,10 @@ def _open_damaged(work: str, original: str) -> sqlite3.Connection:
         except sqlite3.DatabaseError as exc:
             with contextlib.suppress(Exception):
                 conn.close()
-            if attempt == 1:
+            if attempt == 0 and os.path.exists(work + "-wal"):
+                os.unlink(work + "-wal")  # a damaged WAL: read the main file alone
+                continue
+            if attempt == 2:
                 raise CorruptDatabaseError(
                     f"{original} cannot be read at all ({exc}): nothing can be saved from it; it was left as it is"
                 ) from None

@@ -46,8 +46,15 @@ MAX_REJECTS_LISTED = 1000
 Progress = Callable[[int], None]
 
 
-def writable_target(target: Path, *, force: bool) -> Path:
-    """The folder ``target`` goes in, once it is clear that writing it is allowed."""
+def writable_target(target: Path, *, force: bool, source: str | os.PathLike[str] | None = None) -> Path:
+    """The folder ``target`` goes in, once it is clear that writing it is allowed.
+
+    Never a live database: not the ``source`` being read, nor any file with a WAL beside it.
+    """
+    if target.exists() and source is not None and os.path.samefile(target, source):
+        raise ExportError(f"{target} is the database being read; give another file name")
+    if Path(f"{target}-wal").exists():
+        raise ExportError(f"{target} is a database in use (it has a WAL); give another file name")
     if target.exists() and not force:
         raise ExportError(f"{target} already exists; pass --force to overwrite it")
     if target.is_dir():
@@ -59,7 +66,9 @@ def writable_target(target: Path, *, force: bool) -> Path:
 
 
 @contextlib.contextmanager
-def private_output(output: str | os.PathLike[str], *, force: bool = False) -> Iterator[BinaryIO]:
+def private_output(
+    output: str | os.PathLike[str], *, force: bool = False, source: str | os.PathLike[str] | None = None
+) -> Iterator[BinaryIO]:
     """A binary file that appears at ``output`` (mode 0600) only once the block ends without error.
 
     ``-`` means standard output. An existing file is replaced only with ``force``.
@@ -69,8 +78,11 @@ def private_output(output: str | os.PathLike[str], *, force: bool = False) -> It
         sys.stdout.flush()
         return
     target = Path(output)
-    folder = writable_target(target, force=force)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=folder)  # created 0600
+    folder = writable_target(target, force=force, source=source)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=folder)  # created 0600
+    except OSError as exc:
+        raise ExportError(f"cannot write in {folder}: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
@@ -140,7 +152,7 @@ def export_events(
         pa, pq = _pyarrow()
     events = _events(database, dict(filters))
     count = 0
-    with private_output(output, force=force) as f:
+    with private_output(output, force=force, source=database.store.path) as f:
         if fmt == "json":
             f.write(b"[")
             for event in events:
@@ -299,6 +311,13 @@ def _json_records(path: Path) -> Iterator[Record]:
 
 def _csv_records(path: Path) -> Iterator[Record]:
     csv.field_size_limit(64 * 1024 * 1024)
+    try:
+        yield from _csv_rows(path)
+    except UnicodeDecodeError as exc:
+        raise ValidationError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+def _csv_rows(path: Path) -> Iterator[Record]:
     with open(path, encoding="utf-8", newline="") as f:
         reader = csv.reader(f)
         header = next(reader, None)
@@ -331,6 +350,8 @@ def _from_text_columns(record: dict[str, Any]) -> Any:
         "source": record.get("source"),
         "action": record.get("action") or None,
     }
+    if record.get("hash"):
+        event["hash"] = record["hash"]
     ts = record.get("timestamp")
     if isinstance(ts, str):
         with contextlib.suppress(ValueError):  # else an ISO text: validation parses it or names it
@@ -370,19 +391,24 @@ def _activitywatch_records(path: Path) -> Iterator[Record]:
     buckets = export.get("buckets") if isinstance(export, dict) else None
     if not isinstance(buckets, dict):
         raise ValidationError(f"{path} is not an ActivityWatch export (no 'buckets' object); nothing was imported")
-    for bucket_id, bucket in buckets.items():
-        events = bucket.get("events") if isinstance(bucket, dict) else None
-        if not isinstance(events, list):
+    for bucket_id, bucket in buckets.items():  # every bucket first: a bad one stops the import before it starts
+        if not isinstance(bucket, dict) or not isinstance(bucket.get("events"), list):
             raise ValidationError(f"bucket {bucket_id!r} has no 'events' list; nothing was imported")
+    for bucket_id, bucket in buckets.items():
+        events = bucket["events"]
         for index, event in enumerate(events):
             where = f"bucket {bucket_id} event {index}"
             if not isinstance(event, dict):
                 yield where, _Unreadable("an event must be an object")
                 continue
             data = event.get("data")
+            aw_id = event.get("id")
             yield (
                 where,
                 {
+                    # ActivityWatch's own id, when it has one: a later export of the same event
+                    # (its duration grown) is the same event, not a new one
+                    **({"idempotency_key": f"aw:{bucket_id}:{aw_id}"} if isinstance(aw_id, int) else {}),
                     "event_type": bucket.get("type") or "activitywatch",
                     "source": str(bucket_id),
                     "timestamp": event.get("timestamp"),
@@ -402,6 +428,10 @@ _READERS: dict[str, Callable[[Path], Iterator[Record]]] = {
     "parquet": _parquet_records,
     "activitywatch": _activitywatch_records,
 }
+
+
+def _is_hash(value: object) -> bool:
+    return isinstance(value, str) and len(value) == 16 and all(c in "0123456789abcdef" for c in value)
 
 
 def import_events(
@@ -429,6 +459,14 @@ def import_events(
 
     def flush() -> None:
         rows, errors = prepare_each(pending, database.options)
+        bad = {e.index for e in errors}
+        good = [record for i, record in enumerate(pending) if i not in bad]
+        # A CelFlow export carries each event's hash: keep it, so an event stored with an
+        # idempotency key (whose hash is the key's) is still the same event on import.
+        rows = [
+            row._replace(hash=record["hash"]) if _is_hash(record.get("hash")) else row
+            for row, record in zip(rows, good, strict=True)
+        ]
         for error in errors:
             report.reject(places[error.index or 0], str(error).removeprefix(f"event {error.index}: "))
         if rows:

@@ -222,6 +222,8 @@ class EventPersistenceManager:
                 "total_events": self._events_at_start + stored - self._removed,
                 "database_size_mb": sizes.get("database_size_mb", 0.0),
                 "wal_size_mb": sizes.get("wal_size_mb", 0.0),
+                # the newest event's id: a follower that starts here misses nothing committed later
+                "last_event_id": self.database.store.last_id() if self.database is not None else 0,
             },
         }
 

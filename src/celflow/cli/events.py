@@ -399,23 +399,27 @@ def tail(
 
 
 def _tail_service(client: Client, count: int, follow: bool, filters: dict[str, Any], as_json: bool) -> None:
+    # "New" is what is committed after this moment: the last id now, read before the newest
+    # events (an id taken from the newest timestamps can be far lower, after an import of old ones).
+    start = int(client.stats()["database_stats"]["last_event_id"])
     recent = client.query(limit=max(count, 1), **filters)["events"] if count else []
     for event in reversed(recent):
         click.echo(_line(event, as_json))
     if follow:
-        after = max(e["id"] for e in recent) if recent else None  # newest by time is not always the last id
+        after = max([start, *(e["id"] for e in recent)])
         for event in client.follow(after=after, **filters):
             click.echo(_line(event, as_json))
 
 
 def _tail_database(path: Path, count: int, follow: bool, filters: dict[str, Any], as_json: bool) -> None:
     with EventDatabase(path, readonly=True) as database:
+        start = database.store.last_id()  # before the newest events: nothing committed later is missed
         recent = database.query(limit=count, **filters).events if count else []
         for event in reversed(recent):
             click.echo(_line(event.to_dict(), as_json))
         if not follow:
             return
-        after = max(e.id for e in recent) if recent else database.store.last_id()
+        after = max([start, *(e.id for e in recent)])
         query = make_query(limit=1000, **filters)
         while True:
             page = database.store.select_after(after, query)

@@ -104,6 +104,7 @@ class DashboardSource:
         self._total_at = 0.0
         self._total_lock = threading.Lock()
         self._counting = False
+        self._count_wanted = threading.Event()
         self._count_thread: threading.Thread | None = None
         self._reading = threading.Lock()  # a refresh and close() never overlap
         self._closed = False
@@ -123,6 +124,7 @@ class DashboardSource:
         """Close, once a running refresh and count are done (a count still running after 5 s is left)."""
         with self._reading:
             self._closed = True
+        self._count_wanted.set()  # the counting thread sees _closed and ends
         counting = self._count_thread
         if counting is not None:
             counting.join(5.0)
@@ -132,6 +134,14 @@ class DashboardSource:
             self.database.close()
 
     # -- the total: one full count a minute, off the refresh path ------------------------------
+
+    def _count_loop(self) -> None:
+        while True:
+            self._count_wanted.wait()
+            self._count_wanted.clear()
+            if self._closed:
+                return
+            self._recount()
 
     def _recount(self) -> None:
         try:
@@ -151,8 +161,12 @@ class DashboardSource:
             if wait:
                 self._recount()
             else:
-                self._count_thread = threading.Thread(target=self._recount, name="celflow-dashboard-count", daemon=True)
-                self._count_thread.start()
+                if self._count_thread is None:  # one thread, so one connection, for every recount
+                    self._count_thread = threading.Thread(
+                        target=self._count_loop, name="celflow-dashboard-count", daemon=True
+                    )
+                    self._count_thread.start()
+                self._count_wanted.set()
         return self._total
 
     # -- one refresh ---------------------------------------------------------------------------
@@ -213,20 +227,18 @@ class DashboardSource:
     def _recent(self, filters: Filters, since: float, now: float) -> tuple[list[StoredEvent], str]:
         """The newest events matching the filter box; a text search stays inside the window."""
         store = self.database.store
+        query = EventQuery(event_type=filters.event_type, source=filters.source, search=filters.search, limit=RECENT)
+        if filters == Filters():
+            return store.select_events(query)[0], ""  # the newest: the time index, from its end
+        # A filter may match rarely: it looks in the window only, and gives up after a moment.
         query = EventQuery(
-            event_type=filters.event_type,
-            source=filters.source,
-            search=filters.search,
-            start_time=since if filters.search else None,
-            limit=RECENT,
+            event_type=filters.event_type, source=filters.source, search=filters.search, start_time=since, limit=RECENT
         )
-        if not filters.search:
-            return store.select_events(query)[0], ""
         try:
             with store.time_limit(SEARCH_SECONDS):
-                return store.select_events(query)[0], f"searching the last {_window_name(now - since)}"
+                return store.select_events(query)[0], f"filtered, in the last {_window_name(now - since)}"
         except QueryTimeoutError:
-            return [], f"the search took over {SEARCH_SECONDS:g} s: choose a shorter window (w) or add type:/source:"
+            return [], f"the filter took over {SEARCH_SECONDS:g} s: choose a shorter window (w) or narrow it"
 
 
 def _window_name(seconds: float) -> str:

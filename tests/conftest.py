@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import json
+import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,3 +43,18 @@ def db(db_path: Path) -> Iterator[EventDatabase]:
     database = EventDatabase(db_path)
     yield database
     database.close()
+
+
+@pytest.fixture
+def record(request: pytest.FixtureRequest) -> Callable[..., None]:
+    """The reliability suite's row for `make torture`'s table: with CELFLOW_TORTURE_REPORT set,
+    ``record(trials=N, failures=F, worst_loss="...")`` appends it to that file (JSON Lines)."""
+
+    def write(*, trials: int, failures: int, worst_loss: str = "-") -> None:
+        path = os.environ.get("CELFLOW_TORTURE_REPORT")
+        if path:
+            row = {"test": request.node.name, "trials": trials, "failures": failures, "worst_loss": worst_loss}
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+
+    return write

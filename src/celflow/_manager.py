@@ -223,7 +223,11 @@ class EventPersistenceManager:
                 "database_size_mb": sizes.get("database_size_mb", 0.0),
                 "wal_size_mb": sizes.get("wal_size_mb", 0.0),
                 # the newest event's id: a follower that starts here misses nothing committed later
-                "last_event_id": self.database.store.last_id() if self.database is not None else 0,
+                "last_event_id": (
+                    self.database.store.last_id()
+                    if self.database is not None and self.state is ManagerState.RUNNING
+                    else 0
+                ),
             },
         }
 

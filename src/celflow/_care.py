@@ -33,8 +33,6 @@ __all__ = [
     "vacuum_database",
 ]
 
-_EVENT_COLUMNS = "id, timestamp, event_type, action, source, data_json, data_compressed, hash"
-
 
 def _ro_uri(path: str) -> str:
     """A read-only URI for ``path`` (quoted: '?', '#' and '%' in names stay part of the name)."""

@@ -143,8 +143,8 @@ class EventPersistenceManager:
 
     def queue_events_batch(self, events: Iterable[Mapping[str, Any]]) -> bool:
         """Validate and queue events, all or none (a bad one raises naming its index)."""
-        writer = self._running_writer()
-        return writer.submit(prepare_batch(events, self.options))
+        self._running_writer()  # a stopped manager says so before validating anything
+        return self.queue_rows(prepare_batch(events, self.options))
 
     async def flush(self) -> None:
         """Return once everything queued before this call is committed."""
@@ -152,11 +152,8 @@ class EventPersistenceManager:
 
     async def store_events(self, events: Iterable[Mapping[str, Any]]) -> list[int]:
         """Queue events and return their ids once committed (duplicates get the stored id)."""
-        writer = self._running_writer()
-        future = writer.submit_awaited(prepare_batch(events, self.options))
-        if future is None:
-            return []
-        return await future
+        self._running_writer()
+        return await self.store_rows(prepare_batch(events, self.options))
 
     async def store_event(self, event: Mapping[str, Any]) -> int:
         """Queue one event and return its id once committed."""

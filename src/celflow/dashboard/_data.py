@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -75,7 +75,6 @@ class Snapshot:
     recent_note: str = ""
     service: dict[str, Any] | None = None
     query_ms: float = 0.0
-    errors: list[str] = field(default_factory=list)
 
 
 def _minutes(histogram: list[tuple[float, int]], end_minute: int) -> list[int]:
@@ -193,7 +192,7 @@ class DashboardSource:
             kind: _minutes(db.histogram(60, start_time=rate_start, end_time=now + 1, event_type=kind), end_minute)
             for kind in list(by_type)[:TOP_TYPES]
         }
-        recent, note = self._recent(filters, since, now)
+        recent, note = self._recent(filters, since, window)
         service = None
         if self._client is not None:
             try:
@@ -224,7 +223,7 @@ class DashboardSource:
         snapshot.query_ms = (time.perf_counter() - started) * 1000
         return snapshot
 
-    def _recent(self, filters: Filters, since: float, now: float) -> tuple[list[StoredEvent], str]:
+    def _recent(self, filters: Filters, since: float, window: str) -> tuple[list[StoredEvent], str]:
         """The newest events matching the filter box; a text search stays inside the window."""
         store = self.database.store
         query = EventQuery(event_type=filters.event_type, source=filters.source, search=filters.search, limit=RECENT)
@@ -236,13 +235,6 @@ class DashboardSource:
         )
         try:
             with store.time_limit(SEARCH_SECONDS):
-                return store.select_events(query)[0], f"filtered, in the last {_window_name(now - since)}"
+                return store.select_events(query)[0], f"filtered, in the last {window}"
         except QueryTimeoutError:
             return [], f"the filter took over {SEARCH_SECONDS:g} s: choose a shorter window (w) or narrow it"
-
-
-def _window_name(seconds: float) -> str:
-    for name, length in WINDOWS.items():
-        if abs(length - seconds) < 1:
-            return name
-    return f"{seconds:g} s"

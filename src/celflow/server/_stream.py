@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import msgspec
+
 from .._types import EventQuery, StoredEvent
 
 __all__ = ["CommitSignal", "follow", "page_query"]
@@ -67,13 +69,5 @@ async def follow(
 
 
 def page_query(query: EventQuery) -> EventQuery:
-    """The query's filters with the stream's page size."""
-    return EventQuery(
-        event_type=query.event_type,
-        source=query.source,
-        action=query.action,
-        search=query.search,
-        start_time=query.start_time,
-        end_time=query.end_time,
-        limit=PAGE,
-    )
+    """The query's filters with the stream's page size (order and cursor do not apply)."""
+    return msgspec.structs.replace(query, limit=PAGE, cursor=None)

@@ -22,6 +22,7 @@ from ._export import writable_target
 from ._lock import WriterLock
 from ._schema import APPLICATION_ID, SCHEMA_VERSION, rebuild_counts
 from ._sqlite import SQLiteStore, translate
+from ._wal import inspect_wal, rechain_wal
 
 __all__ = [
     "CheckReport",
@@ -29,6 +30,7 @@ __all__ = [
     "backup_database",
     "check_database",
     "doctor",
+    "preflight",
     "recover_database",
     "vacuum_database",
 ]
@@ -79,6 +81,9 @@ def check_database(path: str | os.PathLike[str], *, full: bool = False) -> Check
     started = time.perf_counter()
     report = CheckReport(path, ok=True, mode="full" if full else "quick")
     report.size_mb, report.wal_size_mb = _size_mb(path), _size_mb(path + "-wal")
+    wal = inspect_wal(path + "-wal")
+    if wal.damaged:
+        report.problems.append(wal.describe())
     try:
         conn = sqlite3.connect(_ro_uri(path), uri=True)
     except sqlite3.Error as exc:
@@ -186,6 +191,7 @@ class RecoverReport:
     last_id: int = 0  # the damaged file's highest id: new events are numbered after it
     events_saved: int = 0
     events_lost: int = 0  # rows read whose data could not be decoded
+    wal_frames_repaired: int = 0  # WAL frames past a damaged one whose checksums were rewritten to be read
     ids_skipped: int = 0  # ids hopped over on damaged pages: at most this many more events lost
     patterns_saved: int = 0
     system_stats_saved: int = 0
@@ -260,6 +266,8 @@ def recover_database(path: str | os.PathLike[str]) -> RecoverReport:
         shutil.copyfile(path, work)
         if os.path.exists(path + "-wal"):  # committed events not yet checkpointed live there
             shutil.copyfile(path + "-wal", work + "-wal")
+            # SQLite stops at a damaged frame; re-chained, the transactions after it are read too
+            report.wal_frames_repaired = rechain_wal(work + "-wal")
         source = _open_damaged(work, path)
         try:
             events = _salvage_events(source, report)
@@ -364,6 +372,60 @@ def _salvage_all(conn: sqlite3.Connection, table: str, report: RecoverReport) ->
     except sqlite3.DatabaseError as exc:
         report.problems.append(f"{table}: {exc} (not saved)")
         return []
+
+
+#: Bytes up to which the start check is SQLite's full integrity_check (~2 s at 256 MiB: it also
+#: compares every index with its table), then its quick_check (seconds), then the file's edges.
+INTEGRITY_CHECK_UP_TO = 256 * 1024**2
+QUICK_CHECK_UP_TO = 2 * 1024**3
+
+
+def preflight(path: str | os.PathLike[str]) -> None:
+    """Refuse a damaged database before anything writes to it: :class:`CorruptDatabaseError` names
+    ``celflow db recover``. Reads only, through a read-only connection (which never checkpoints,
+    so a damaged file and its WAL are left exactly as they were).
+
+    The WAL's checksum chain is checked first, then SQLite's ``integrity_check`` for files up to
+    256 MiB, its ``quick_check`` up to 2 GiB, or a read of the edges above (schema, first and last
+    events, both ends of the time index).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        return
+    hint = (
+        "; CelFlow will not write to it. Stop here and run "
+        f"`celflow db recover --db {path}` (it saves what can be read and keeps the damaged file aside)"
+    )
+    wal = inspect_wal(path + "-wal")
+    if wal.damaged:
+        raise CorruptDatabaseError(f"{path} is damaged ({wal.describe()}){hint}")
+    try:
+        conn = sqlite3.connect(_ro_uri(path), uri=True)
+    except sqlite3.Error:
+        return  # not openable at all: the store's own open says why
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        if conn.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
+            return  # not CelFlow's file: the store refuses it with its own message
+        size = os.path.getsize(path)
+        if size <= QUICK_CHECK_UP_TO:
+            pragma = "integrity_check(20)" if size <= INTEGRITY_CHECK_UP_TO else "quick_check(20)"
+            problems = [str(r[0]) for r in conn.execute(f"PRAGMA {pragma}")]
+            if problems != ["ok"]:
+                raise CorruptDatabaseError(f"{path} is damaged ({problems[0]}){hint}")
+            return
+        last = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+        last_id = int(last[0]) if last else 0
+        conn.execute("SELECT id FROM events WHERE id > 0 ORDER BY id LIMIT 1").fetchall()
+        conn.execute("SELECT id FROM events WHERE id >= ? ORDER BY id LIMIT 1", (max(0, last_id - 1),)).fetchall()
+        conn.execute("SELECT id FROM events ORDER BY timestamp LIMIT 1").fetchall()
+        conn.execute("SELECT id FROM events ORDER BY timestamp DESC LIMIT 1").fetchall()
+    except sqlite3.DatabaseError as exc:
+        if "not a database" in str(exc) or "file is not a database" in str(exc):
+            return  # the store refuses it as not SQLite, with its own message
+        raise CorruptDatabaseError(f"{path} is damaged ({exc}){hint}") from None
+    finally:
+        conn.close()
 
 
 def doctor(path: str | os.PathLike[str]) -> tuple[CheckReport, list[str]]:

@@ -191,6 +191,7 @@ class RecoverReport:
     last_id: int = 0  # the damaged file's highest id: new events are numbered after it
     events_saved: int = 0
     events_lost: int = 0  # rows read whose data could not be decoded
+    events_damaged: int = 0  # rows saved with bytes that were not UTF-8 replaced by U+FFFD
     wal_frames_repaired: int = 0  # WAL frames past a damaged one whose checksums were rewritten to be read
     ids_skipped: int = 0  # ids hopped over on damaged pages: at most this many more events lost
     patterns_saved: int = 0
@@ -237,6 +238,8 @@ def _salvage_events(conn: sqlite3.Connection, report: RecoverReport) -> list[tup
                 decode_data(row[5], row[6])
                 float(row[1])
                 rows.append(row)
+                if any(isinstance(v, str) and "\ufffd" in v for v in row):
+                    report.events_damaged += 1
             except Exception:  # noqa: BLE001 - a damaged row of any kind is lost, the rest saved
                 report.events_lost += 1
         after = page[-1][0]
@@ -342,6 +345,9 @@ def _open_damaged(work: str, original: str) -> sqlite3.Connection:
     for attempt in range(3):
         try:
             conn = sqlite3.connect(work)
+            # A damaged row's text may not be UTF-8: saved with U+FFFD for the bad bytes (and
+            # counted), instead of failing the whole page it sits on.
+            conn.text_factory = lambda raw: raw.decode("utf-8", "replace")
             conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
             return conn
         except sqlite3.DatabaseError as exc:

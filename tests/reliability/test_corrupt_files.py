@@ -125,6 +125,7 @@ def _stored_numbers(db: Path) -> collections.Counter[int]:
     """How often each worker event number is stored (compressed rows decoded too); -1 counts rows
     whose data no longer decodes (damage inside a row that no structural check sees)."""
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    conn.text_factory = bytes  # damaged text may not be UTF-8
     try:
         rows = conn.execute("SELECT data_json, data_compressed FROM events").fetchall()
     finally:

@@ -97,6 +97,10 @@ def recover(state: State, db: Path | None, as_json: bool) -> None:
     )
     if report.events_lost:
         console.print(f"  {report.events_lost:,} events were unreadable")
+    if report.events_damaged:
+        console.print(f"  {report.events_damaged:,} events were saved with unreadable bytes replaced by U+FFFD")
+    if report.wal_frames_repaired:
+        console.print(f"  read past a damaged WAL frame ({report.wal_frames_repaired:,} frames re-chained)")
     for problem in report.problems[:10]:
         console.print(f"  damaged: {problem}")
     console.print(f"  the damaged file is kept as {report.damaged_copy}")

@@ -205,6 +205,11 @@ class RecoverReport:
 _KEEP_COLUMNS = "id, timestamp, event_type, action, source, data_json, data_compressed, hash, processed, created_at"
 
 
+#: After a page of events fails to read, this many ids are looked up one by one: a lookup goes
+#: down the tree from its root, so only the rows on the damaged page itself are lost.
+_POINT_LOOKUPS = 2_000
+
+
 def _salvage_events(conn: sqlite3.Connection, report: RecoverReport) -> list[tuple[Any, ...]]:
     rows: list[tuple[Any, ...]] = []
     after, step = 0, 1
@@ -214,6 +219,18 @@ def _salvage_events(conn: sqlite3.Connection, report: RecoverReport) -> list[tup
         report.last_id = last_id or 0
     except sqlite3.Error:
         last_id = None
+
+    def keep(row: tuple[Any, ...]) -> None:
+        try:
+            decode_data(row[5], row[6])
+            float(row[1])
+        except Exception:  # noqa: BLE001 - a damaged row of any kind is lost, the rest saved
+            report.events_lost += 1
+            return
+        rows.append(row)
+        if any(isinstance(v, str) and "\ufffd" in v for v in row):
+            report.events_damaged += 1
+
     while True:
         try:
             page = conn.execute(
@@ -224,9 +241,22 @@ def _salvage_events(conn: sqlite3.Connection, report: RecoverReport) -> list[tup
                 report.problems.append(f"events after id {after}: {exc}")
             if last_id is not None and after >= last_id:
                 break
-            after += step  # hop over the damaged pages, faster the longer they go on
-            report.ids_skipped += step
-            step = min(step * 2, 100_000)
+            end = after + _POINT_LOOKUPS if last_id is None else min(after + _POINT_LOOKUPS, last_id)
+            readable = False
+            for event_id in range(after + 1, end + 1):
+                try:
+                    row = conn.execute(f"SELECT {_KEEP_COLUMNS} FROM events WHERE id = ?", (event_id,)).fetchone()
+                except sqlite3.DatabaseError:
+                    report.ids_skipped += 1
+                    continue
+                readable = True
+                if row is not None:
+                    keep(row)
+            after = end
+            if not readable:  # a long damaged stretch: hop on, faster the longer it goes on
+                after += step
+                report.ids_skipped += step
+                step = min(step * 2, 100_000)
             if last_id is None and after > 10**12:
                 break
             continue
@@ -234,14 +264,7 @@ def _salvage_events(conn: sqlite3.Connection, report: RecoverReport) -> list[tup
         if not page:
             break
         for row in page:
-            try:
-                decode_data(row[5], row[6])
-                float(row[1])
-                rows.append(row)
-                if any(isinstance(v, str) and "\ufffd" in v for v in row):
-                    report.events_damaged += 1
-            except Exception:  # noqa: BLE001 - a damaged row of any kind is lost, the rest saved
-                report.events_lost += 1
+            keep(row)
         after = page[-1][0]
     return rows
 

@@ -1,0 +1,71 @@
+"""A real PostgreSQL server for the tests: the one on 127.0.0.1:5432 (or ``CELFLOW_TEST_POSTGRES_URL``),
+started with the system's own tools when it is installed but stopped; otherwise a loud skip."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+URL = os.environ.get("CELFLOW_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def _reachable() -> str | None:
+    """None if the server answers, else why not."""
+    try:
+        import psycopg
+    except ImportError:
+        return "psycopg is not installed (pip install 'celflow[postgres]')"
+    try:
+        with psycopg.connect(URL, connect_timeout=3) as conn:
+            conn.execute("SELECT 1")
+        return None
+    except psycopg.Error as exc:
+        return f"{URL}: {exc}".strip()
+
+
+def _start() -> None:
+    """Start a Debian cluster that is installed but not running (what the machine's boot does)."""
+    if shutil.which("pg_ctlcluster") and os.path.isdir("/etc/postgresql"):
+        for version in os.listdir("/etc/postgresql"):
+            subprocess.run(
+                ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "start"],
+                capture_output=True,
+                timeout=60,
+            )
+
+
+_why_not: list[str | None] = []
+
+
+def server_url() -> str:
+    """The server's URL, or a loud skip saying why there is none."""
+    if not _why_not:
+        why = _reachable()
+        if why is not None:
+            _start()
+            why = _reachable()
+        _why_not.append(why)
+    if _why_not[0] is not None:
+        message = f"PostgreSQL is not available, so the PostgreSQL tests are SKIPPED: {_why_not[0]}"
+        print("\n" + "!" * 20 + " " + message)
+        pytest.skip(message)
+    return URL
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A URL of a fresh, empty schema on the real server, dropped after the test."""
+    import psycopg
+    from psycopg import sql
+
+    base = server_url()
+    schema = f"celflow_test_{uuid.uuid4().hex[:12]}"
+    separator = "&" if "?" in base else "?"
+    yield f"{base}{separator}schema={schema}"
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))

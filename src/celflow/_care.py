@@ -7,6 +7,7 @@ recovery writes a new database and moves the damaged one aside under a dated nam
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import sqlite3
@@ -23,6 +24,8 @@ from ._lock import WriterLock
 from ._schema import APPLICATION_ID, SCHEMA_VERSION, rebuild_counts
 from ._sqlite import SQLiteStore, translate
 from ._wal import inspect_wal, rechain_wal
+
+log = logging.getLogger("celflow.care")
 
 __all__ = [
     "CheckReport",
@@ -409,25 +412,41 @@ INTEGRITY_CHECK_UP_TO = 256 * 1024**2
 QUICK_CHECK_UP_TO = 2 * 1024**3
 
 
-def preflight(path: str | os.PathLike[str]) -> None:
+def preflight(path: str | os.PathLike[str], *, durability: str = "full") -> None:
     """Refuse a damaged database before anything writes to it: :class:`CorruptDatabaseError` names
     ``celflow db recover``. Reads only, through a read-only connection (which never checkpoints,
     so a damaged file and its WAL are left exactly as they were).
 
     The WAL's checksum chain is checked first, then SQLite's ``integrity_check`` for files up to
     256 MiB, its ``quick_check`` up to 2 GiB, or a read of the edges above (schema, first and last
-    events, both ends of the time index).
+    events, both ends of the time index). With ``durability="normal"`` the WAL is synced only at
+    checkpoints, so a power cut can leave a hole before later commits; such a WAL is not refused:
+    it is copied aside as ``<name>-wal.damaged-<time>`` and the commits after the hole are not
+    applied (the loss that ``normal`` allows), with a warning.
     """
     path = os.fspath(path)
     if not os.path.isfile(path) or os.path.getsize(path) == 0:
         return
+    if os.path.exists(path + "-journal"):
+        return  # a hot rollback journal: only a read-write open can roll it back (the store does)
     hint = (
         "; CelFlow will not write to it. Stop here and run "
         f"`celflow db recover --db {path}` (it saves what can be read and keeps the damaged file aside)"
     )
     wal = inspect_wal(path + "-wal")
-    if wal.damaged:
+    if wal.damaged and durability == "full":
         raise CorruptDatabaseError(f"{path} is damaged ({wal.describe()}){hint}")
+    if wal.damaged:
+        aside = f"{path}-wal.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
+        shutil.copyfile(path + "-wal", aside)
+        os.chmod(aside, 0o600)
+        log.warning(
+            "%s: %s. With durability 'normal' a power cut can leave this; those commits are not applied. "
+            "The WAL as it was is kept as %s",
+            path,
+            wal.describe(),
+            aside,
+        )
     try:
         conn = sqlite3.connect(_ro_uri(path), uri=True)
     except sqlite3.Error:
@@ -450,8 +469,8 @@ def preflight(path: str | os.PathLike[str]) -> None:
         conn.execute("SELECT id FROM events ORDER BY timestamp LIMIT 1").fetchall()
         conn.execute("SELECT id FROM events ORDER BY timestamp DESC LIMIT 1").fetchall()
     except sqlite3.DatabaseError as exc:
-        if "not a database" in str(exc) or "file is not a database" in str(exc):
-            return  # the store refuses it as not SQLite, with its own message
+        if "not a database" in str(exc) or "readonly" in str(exc):
+            return  # not SQLite, or needs a write to recover: the store's read-write open deals with it
         raise CorruptDatabaseError(f"{path} is damaged ({exc}){hint}") from None
     finally:
         conn.close()

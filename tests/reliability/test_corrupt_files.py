@@ -12,6 +12,7 @@ import random
 import shutil
 import signal
 import sqlite3
+import stat
 import subprocess
 import sys
 import tempfile
@@ -115,8 +116,8 @@ def offsets_of(what: str) -> list[int]:
     return [int(x) for x in what.split("at [", 1)[1].rstrip("]").split(", ")] if "at [" in what else []
 
 
-async def _start_stop(db: Path) -> None:
-    manager = create_event_persistence({"database_path": str(db), "stats_interval": 0})
+async def _start_stop(db: Path, durability: str = "full") -> None:
+    manager = create_event_persistence({"database_path": str(db), "stats_interval": 0, "durability": durability})
     await manager.start()
     await manager.stop()
 
@@ -278,7 +279,7 @@ def test_celflow_run_refuses_a_damaged_wal_with_the_recovery_command(tmp_path: P
             capture_output=True,
             text=True,
             timeout=60,
-            env=_env(),
+            env=_env(CELFLOW_DURABILITY="full"),
         )
         assert run.returncode == 1, run.stdout + run.stderr
         assert "celflow db recover" in run.stderr and "Traceback" not in run.stderr, run.stderr
@@ -289,5 +290,18 @@ def test_celflow_run_refuses_a_damaged_wal_with_the_recovery_command(tmp_path: P
     assert check.returncode == 1 and "WAL frame 1 is damaged" in check.stdout + check.stderr
 
 
-def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("CELFLOW_")}
+def _env(**settings: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CELFLOW_")}
+    return {**env, **settings}
+
+
+def test_with_normal_durability_a_hole_in_the_wal_is_kept_aside_not_refused(tmp_path: Path, pristine: Pristine) -> None:
+    """Under "normal" a power cut can leave a hole before later commits: the start goes on, the WAL is kept aside."""
+    (tmp_path / "events.db").write_bytes(pristine.db)
+    wal = bytearray(pristine.wal)
+    wal[32 + 24 + 100] ^= 0x01
+    (tmp_path / "events.db-wal").write_bytes(wal)
+    asyncio.run(_start_stop(tmp_path / "events.db", durability="normal"))
+    (aside,) = tmp_path.glob("events.db-wal.damaged-*")
+    assert aside.read_bytes() == bytes(wal) and stat.S_IMODE(aside.stat().st_mode) == 0o600
+    assert _integrity(tmp_path / "events.db") == "[('ok',)]"

@@ -342,3 +342,120 @@ def test_full_durability_manager(db_path: Path) -> None:
             return await manager.store_events([make_event() for _ in range(5)])
 
     assert len(run(scenario())) == 5
+
+
+# -- the byte bound of the queue (max_queue_bytes) -----------------------------------------------
+
+_MiB = 1024 * 1024
+
+
+def _big_event(n: int, size: int = 100_000) -> dict[str, Any]:
+    """An event with ``size`` bytes of data, stored as JSON text (the configs below switch compression off)."""
+    return make_event(data={"n": n, "pad": "x" * size})
+
+
+def _byte_config(db_path: Path, **settings: Any) -> dict[str, Any]:
+    """A writer that waits (600 s, a batch far above the queue), a 1 MiB byte bound, no compression."""
+    return config(
+        db_path,
+        batch_size=100_000,
+        batch_timeout=600,
+        max_queue_bytes=_MiB,
+        compression_threshold=16 * _MiB,
+        **settings,
+    )
+
+
+def test_max_queue_bytes_setting() -> None:
+    """max_queue_bytes defaults to 64 MiB; below 1 MiB it is a ConfigError naming the key."""
+    assert create_event_persistence({}).settings.max_queue_bytes == 64 * _MiB
+    with pytest.raises(ConfigError, match="max_queue_bytes"):
+        create_event_persistence({"max_queue_bytes": 1000})
+
+
+def test_max_queue_bytes_drops_what_would_not_fit(db_path: Path) -> None:
+    """With overflow='drop' the queue takes 100 KB events up to 1 MiB, well below max_queue_size, and drops the rest."""
+
+    async def scenario() -> None:
+        async with EventPersistenceManager(_byte_config(db_path, overflow="drop")) as manager:
+            accepted = [manager.queue_event(_big_event(n)) for n in range(30)]
+            assert accepted == [True] * 10 + [False] * 20
+            stats = manager.get_stats()
+            assert stats["queue_size"] == 10 and stats["dropped"] == 20
+            assert manager._writer is not None and 10 * 100_000 < manager._writer.queue_bytes <= _MiB
+            await manager.flush()
+            assert manager._writer.queue_bytes == 0
+            assert manager.queue_event(_big_event(30))  # room again once the writer took the queue
+            await manager.flush()
+            assert manager.get_stats()["total_stored"] == 11
+
+    run(scenario())
+
+
+def test_max_queue_bytes_raise_names_the_setting(db_path: Path) -> None:
+    """With overflow='raise' a full byte bound raises QueueFullError naming max_queue_bytes and the numbers."""
+
+    async def scenario() -> None:
+        async with EventPersistenceManager(_byte_config(db_path, overflow="raise")) as manager:
+            for n in range(10):
+                manager.queue_event(_big_event(n))
+            with pytest.raises(QueueFullError, match=r"of max_queue_bytes 1,048,576 bytes waiting; 100,\d+ more"):
+                manager.queue_event(_big_event(10))
+            await manager.flush()
+            assert manager.get_stats()["total_stored"] == 10
+
+    run(scenario())
+
+
+def test_max_queue_bytes_blocks_until_the_writer_makes_room(db_path: Path) -> None:
+    """With overflow='block' a producer waits for bytes to free up, then goes through; past queue_timeout it raises."""
+
+    async def scenario() -> None:
+        settings = _byte_config(db_path, overflow="block", queue_timeout=0.2)
+        async with EventPersistenceManager(settings) as manager:
+            for n in range(10):
+                manager.queue_event(_big_event(n))
+            with pytest.raises(QueueFullError, match=r"max_queue_bytes .* for 0\.2 s"):
+                await asyncio.to_thread(manager.queue_event, _big_event(10))
+            blocked = asyncio.create_task(asyncio.to_thread(manager.queue_event, _big_event(11)))
+            await asyncio.sleep(0.05)
+            assert not blocked.done()
+            await manager.flush()
+            assert await blocked is True
+            await manager.flush()
+            assert manager.get_stats()["total_stored"] == 11
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("overflow", ["drop", "raise", "block"])
+def test_an_event_larger_than_max_queue_bytes_still_goes_through(db_path: Path, overflow: str) -> None:
+    """An empty queue takes one event over the byte bound (2 MiB of 1 MiB), and a flush behind it is never refused."""
+
+    async def scenario() -> None:
+        async with EventPersistenceManager(_byte_config(db_path, overflow=overflow, queue_timeout=0.1)) as manager:
+            assert manager.queue_event(_big_event(0, size=2 * _MiB))
+            await manager.flush()  # an empty marker fits any queue, even one over its bounds
+            assert manager.queue_event(_big_event(1, size=2 * _MiB))
+            ids = await manager.store_events([])
+            assert ids == []
+            await manager.flush()
+        assert manager.get_stats()["total_stored"] == 2
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("overflow", ["drop", "raise", "block"])
+def test_a_flush_behind_a_batch_over_max_queue_size_is_never_refused(db_path: Path, overflow: str) -> None:
+    """A batch of 50 taken by an empty queue of max_queue_size 10 does not make flush() fail or drop its marker."""
+
+    async def scenario() -> None:
+        settings = config(
+            db_path, batch_size=1000, batch_timeout=600, max_queue_size=10, overflow=overflow, queue_timeout=0.1
+        )
+        async with EventPersistenceManager(settings) as manager:
+            assert manager.queue_events_batch([make_event() for _ in range(50)])
+            await manager.flush()
+            assert manager.get_stats()["total_stored"] == 50
+
+    run(scenario())

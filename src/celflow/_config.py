@@ -45,6 +45,9 @@ class PersistenceConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     durability: Literal["normal", "full"] = "normal"
     #: Events that may wait in memory for the writer.
     max_queue_size: Annotated[int, Meta(ge=1)] = 20_000
+    #: Bytes of queued events (their encoded data) that may wait in memory; an empty queue still
+    #: takes one call's events, so an event up to max_event_bytes always goes through.
+    max_queue_bytes: Annotated[int, Meta(ge=1024 * 1024)] = 64 * 1024 * 1024
     #: What a full queue does to a producer: wait (up to queue_timeout, then raise), drop, raise.
     overflow: Literal["block", "drop", "raise"] = "block"
     queue_timeout: Annotated[float, Meta(ge=0)] = 5.0

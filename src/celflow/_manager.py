@@ -85,6 +85,7 @@ class EventPersistenceManager:
             batch_size=settings.batch_size,
             batch_timeout=settings.batch_timeout,
             max_queue_size=settings.max_queue_size,
+            max_queue_bytes=settings.max_queue_bytes,
             overflow=settings.overflow,
             queue_timeout=settings.queue_timeout,
         )

@@ -12,6 +12,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -33,6 +34,21 @@ Overflow = Literal["block", "drop", "raise"]
 #: few large transactions drain a backlog faster than many small ones (bench/: ~15-20%).
 BACKLOG_BATCH = 5000
 Task = Callable[[], Iterator[Any]]
+#: Memory of a queued row besides its data: the row tuple, its timestamp, its hash, names of a
+#: usual length and the queue's references (tracemalloc: ~180 bytes on CPython 3.11). Long names
+#: are not counted: at 256 characters each they add ~800 bytes, which max_queue_size bounds.
+ROW_OVERHEAD = 256
+_getsizeof = sys.getsizeof
+
+
+def row_bytes(row: Row) -> int:
+    """About what a queued row holds in memory: its data as it will be stored (str or bytes), and the rest.
+
+    On the hot path of every event, so only the data is measured (``sys.getsizeof`` counts a str's
+    2 or 4 bytes per character when it is not ASCII).
+    """
+    data = row[4]
+    return ROW_OVERHEAD + _getsizeof(row[5] if data is None else data)
 
 
 class _Ack:
@@ -63,19 +79,22 @@ def _deliver(outcomes: list[tuple[asyncio.Future[list[int]], list[int] | None, B
 
 
 class _Item:
-    __slots__ = ("ack", "offset", "queued", "rows")
+    __slots__ = ("ack", "nbytes", "offset", "queued", "rows")
 
-    def __init__(self, rows: Sequence[Row], ack: _Ack | None, offset: int, queued: float) -> None:
+    def __init__(self, rows: Sequence[Row], ack: _Ack | None, offset: int, queued: float, nbytes: int) -> None:
         self.rows = rows
         self.ack = ack
         self.offset = offset
         self.queued = queued
+        self.nbytes = nbytes
 
 
 class BatchWriter:
     """Commits queued rows once ``batch_size`` wait or after ``batch_timeout`` seconds.
 
-    A write takes everything waiting, up to ``max(batch_size, BACKLOG_BATCH)`` rows.
+    A write takes everything waiting, up to ``max(batch_size, BACKLOG_BATCH)`` rows. The queue
+    holds at most ``max_queue_size`` rows and ``max_queue_bytes`` bytes (:func:`row_bytes`), but
+    an empty queue takes any one call, so a single event larger than the byte bound goes through.
     """
 
     def __init__(
@@ -85,6 +104,7 @@ class BatchWriter:
         batch_size: int = 100,
         batch_timeout: float = 5.0,
         max_queue_size: int = 20_000,
+        max_queue_bytes: int = 64 * 1024 * 1024,
         overflow: Overflow = "block",
         queue_timeout: float = 5.0,
     ) -> None:
@@ -92,6 +112,7 @@ class BatchWriter:
         self.batch_size = batch_size
         self.batch_timeout = batch_timeout
         self.max_queue_size = max_queue_size
+        self.max_queue_bytes = max_queue_bytes
         self.overflow = overflow
         self.queue_timeout = queue_timeout
         self._items: collections.deque[_Item] = collections.deque()
@@ -100,6 +121,7 @@ class BatchWriter:
         self._has_work = threading.Condition(self._lock)
         self._has_room = threading.Condition(self._lock)
         self._pending = 0  # rows queued, not yet taken by the writer
+        self._pending_bytes = 0  # their row_bytes()
         self._urgent = 0  # queued items somebody awaits
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="celflow-writer", daemon=True)
@@ -130,6 +152,11 @@ class BatchWriter:
         """Rows waiting for the writer."""
         return self._pending
 
+    @property
+    def queue_bytes(self) -> int:
+        """Bytes of the rows waiting for the writer (:func:`row_bytes`)."""
+        return self._pending_bytes
+
     def submit(self, rows: Sequence[Row], *, overflow: Overflow | None = None) -> bool:
         """Queue rows; ``False`` if the overflow policy dropped them (counted in ``dropped``).
 
@@ -155,42 +182,61 @@ class BatchWriter:
         With a ``loop``, the rows are awaited there: the returned ack resolves once they are committed.
         """
         size = self.batch_size
-        chunks = [rows[i : i + size] for i in range(0, len(rows), size)] if len(rows) > size else [rows]
-        ack = _Ack(len(rows), len(chunks), loop) if loop is not None else None
+        n = len(rows)
+        if n <= size:  # one item: the usual case, kept cheap as it runs for every event
+            nbytes = row_bytes(rows[0]) if n == 1 else sum(map(row_bytes, rows))
+            parts = [(rows, nbytes)]
+        else:
+            parts = [(rows[i : i + size], sum(map(row_bytes, rows[i : i + size]))) for i in range(0, n, size)]
+            nbytes = sum(part_bytes for _, part_bytes in parts)
+        ack = _Ack(n, len(parts), loop) if loop is not None else None
         with self._lock:
             if self._stopping:
                 raise ManagerStateError("the persistence manager is stopped; events are no longer accepted")
-            n = len(rows)
-            if self._pending and self._pending + n > self.max_queue_size:
+            if n and self._pending and self._full(n, nbytes):  # an empty item (a flush marker) always fits
                 policy = overflow or self.overflow
                 if policy == "drop":
                     self.dropped += n
                     return False, None
                 if policy == "raise":
-                    raise QueueFullError(self._full_message(n))
+                    raise QueueFullError(self._full_message(n, nbytes))
                 deadline = time.monotonic() + self.queue_timeout
-                while self._pending and self._pending + n > self.max_queue_size:
+                while self._full(n, nbytes):
                     remaining = deadline - time.monotonic()
                     if remaining <= 0 or self._stopping:
-                        raise QueueFullError(self._full_message(n) + f" for {self.queue_timeout:g} s")
+                        raise QueueFullError(self._full_message(n, nbytes, waited=self.queue_timeout))
                     self._has_room.wait(remaining)
             was_empty = not self._items
             offset = 0
             now = time.monotonic()
-            for chunk in chunks:
-                self._items.append(_Item(chunk, ack, offset, now))
+            for chunk, chunk_bytes in parts:
+                self._items.append(_Item(chunk, ack, offset, now, chunk_bytes))
                 offset += len(chunk)
             self._pending += n
+            self._pending_bytes += nbytes
             if ack is not None:
                 self._urgent += 1
             if was_empty or ack is not None or self._pending >= size:
                 self._has_work.notify()
         return True, ack
 
-    def _full_message(self, n: int) -> str:
+    def _full(self, n: int, nbytes: int) -> bool:
+        """Whether ``n`` rows of ``nbytes`` must wait (call with the lock held); an empty queue takes anything."""
+        if not self._pending:
+            return False
+        return self._pending + n > self.max_queue_size or self._pending_bytes + nbytes > self.max_queue_bytes
+
+    def _full_message(self, n: int, nbytes: int, *, waited: float | None = None) -> str:
+        if self._pending + n > self.max_queue_size:
+            setting, held, limit, offered = "max_queue_size", self._pending, self.max_queue_size, n
+            unit = "events"
+        else:
+            setting, held, limit, offered = "max_queue_bytes", self._pending_bytes, self.max_queue_bytes, nbytes
+            unit = "bytes"
+        waiting = f" for {waited:g} s" if waited is not None else ""
         return (
-            f"the write queue is full ({self._pending:,} of max_queue_size {self.max_queue_size:,} "
-            f"events waiting; {n:,} more offered)"
+            f"the write queue is full ({held:,} of {setting} {limit:,} {unit} waiting; {offered:,} more offered)"
+            f"{waiting}: retry later (the writer is behind), or raise {setting} for longer bursts"
         )
 
     def flush(self) -> asyncio.Future[list[int]]:
@@ -252,6 +298,7 @@ class BatchWriter:
             if item.ack is not None and item.offset + len(item.rows) == len(item.ack.ids):
                 self._urgent -= 1
         self._pending -= count
+        self._pending_bytes -= sum(item.nbytes for item in taken)
         self._has_room.notify_all()
         return taken
 

@@ -54,8 +54,9 @@ def _register() -> None:
     from .db import db
     from .events import events
     from .run import run
+    from .worker import ingest_worker
 
-    for command in (run, events, db, config, dashboard):
+    for command in (run, events, db, config, dashboard, ingest_worker):
         cli.add_command(command)
 
 

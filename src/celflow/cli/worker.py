@@ -1,0 +1,117 @@
+"""``celflow ingest-worker``: store the events of a NATS JetStream stream into a database."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import click
+import orjson
+from rich.console import Console
+
+from . import State
+
+__all__ = ["ingest_worker"]
+
+console = Console(highlight=False)
+
+
+def _setup_logging(level: str) -> None:
+    root = logging.getLogger("celflow")
+    root.setLevel(level)
+    if not root.handlers:
+        handler = logging.StreamHandler()  # stderr: stdout is for the status lines
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+        root.addHandler(handler)
+
+
+def _print_status(as_json: bool, database: str) -> Any:
+    from ..bus import shown_url
+
+    def show(status: dict[str, Any]) -> None:
+        if as_json:
+            sys.stdout.buffer.write(orjson.dumps(status) + b"\n")
+            sys.stdout.flush()
+            return
+        event = status["event"]
+        if event == "standby":
+            console.print(f"standby: {status['reason']}", soft_wrap=True)
+        elif event == "ready":
+            console.print(
+                f"consuming {status['stream']}/{status['durable']} from {status['bus']} into {shown_url(database)} "
+                "(Ctrl-C or SIGTERM stops)",
+                soft_wrap=True,
+            )
+        elif event == "stopped":
+            console.print(
+                f"stopped after {status['seconds']:.1f} s: {status['messages']:,} message(s), {status['events']:,} "
+                f"event(s) ({status['stored']:,} new, {status['duplicates']:,} already stored), "
+                f"{status['invalid']:,} invalid message(s) terminated, {status['redelivered']:,} redelivered",
+                soft_wrap=True,
+            )
+
+    return show
+
+
+@click.command("ingest-worker")
+@click.option("--bus", "bus_url", default="nats://127.0.0.1:4222", show_default=True, help="The NATS server.")
+@click.option("--db", help="Database: a file path or a postgresql:// URL (default: persistence.database_path).")
+@click.option("--stream", default="CELFLOW", show_default=True, help="JetStream stream (created if missing).")
+@click.option("--subject", default="celflow.events", show_default=True, help="Subject the producers publish on.")
+@click.option(
+    "--durable",
+    default="celflow-ingest",
+    show_default=True,
+    help="Durable consumer name; workers sharing it split the work.",
+)
+@click.option(
+    "--batch",
+    type=click.IntRange(1, 10_000),
+    default=64,
+    show_default=True,
+    help="Messages fetched and stored at once.",
+)
+@click.option(
+    "--ack-wait",
+    type=click.FloatRange(min=0.1),
+    default=30.0,
+    show_default=True,
+    help="Seconds before an unacknowledged message goes to another worker.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON Lines for scripts (ready, standby, stopped).")
+@click.pass_obj
+def ingest_worker(
+    state: State,
+    bus_url: str,
+    db: str | None,
+    stream: str,
+    subject: str,
+    durable: str,
+    batch: int,
+    ack_wait: float,
+    as_json: bool,
+) -> None:
+    """Store the events published on a NATS JetStream stream, until SIGINT/SIGTERM.
+
+    Each message is acknowledged only after its events are committed, so a worker that dies
+    loses nothing: its messages go to another worker after --ack-wait, and dedup keeps every
+    event once. Several workers may run on any machines; on SQLite only one writes at a time
+    (the others wait as standbys).
+    """
+    from ..bus import run_ingest_worker
+
+    settings, _ = state.load()
+    database = db if db is not None else settings.persistence.database_path
+    _setup_logging(settings.logging.level)
+    run_ingest_worker(
+        bus_url,
+        database,
+        config=settings,
+        stream=stream,
+        subject=subject,
+        durable=durable,
+        batch=batch,
+        ack_wait=ack_wait,
+        on_status=_print_status(as_json, database),
+    )

@@ -7,6 +7,7 @@ Precedence, lowest first: defaults, the TOML file, environment variables, comman
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,9 +21,11 @@ from ._exceptions import ConfigError
 __all__ = [
     "CaptureConfig",
     "Config",
+    "DropRule",
     "HttpConfig",
     "LoggingConfig",
     "PersistenceConfig",
+    "PrivacyConfig",
     "default_config_path",
     "load_config",
     "parse_config",
@@ -106,6 +109,64 @@ class HttpConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     query_timeout: PositiveFloat = 10.0
 
 
+#: Where a drop rule's ``field`` may point: a top-level field, or a dotted path inside ``data``.
+DROP_FIELD_ROOTS = ("event_type", "source", "action", "data")
+
+
+def _check_pattern(name: str, pattern: str) -> None:
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ConfigError(f"{name} {pattern!r} is not a valid regular expression ({exc})") from None
+
+
+class DropRule(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    """One ``[[privacy.drop]]`` table: events matching every key given are discarded, never stored."""
+
+    event_type: str | None = None
+    source: str | None = None
+    action: str | None = None
+    #: ``data.url`` (a dotted path inside data), ``action``...; alone: the event has that field.
+    field: str | None = None
+    #: A regular expression searched in every string of ``field`` (default: in all of ``data``).
+    pattern: str | None = None
+
+    def __post_init__(self) -> None:
+        if all(getattr(self, key) is None for key in self.__struct_fields__):
+            raise ConfigError(
+                "a drop rule needs at least one of event_type, source, action, field, pattern "
+                "(an empty rule would drop every event)"
+            )
+        if self.field is not None:
+            root, *inside = self.field.split(".")
+            if root not in DROP_FIELD_ROOTS or (inside and (root != "data" or not all(inside))):
+                raise ConfigError(
+                    f"field {self.field!r} is not one of {', '.join(DROP_FIELD_ROOTS)} "
+                    "or a dotted path inside data (e.g. 'data.url')"
+                )
+        if self.pattern is not None:
+            _check_pattern("pattern", self.pattern)
+
+
+class PrivacyConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Privacy rules, applied to every event before it is validated, hashed or written."""
+
+    #: Events to discard (file: ``[[privacy.drop]]`` tables; env: a JSON array of objects).
+    drop: list[DropRule] = msgspec.field(default_factory=list)
+    #: Names of fields inside data, at any depth, case-insensitive, whose values are replaced.
+    redact_fields: list[str] = msgspec.field(default_factory=list)
+    #: Regular expressions; their matches in action and in every string of data are replaced.
+    redact_patterns: list[str] = msgspec.field(default_factory=list)
+    replacement: str = "[REDACTED]"
+
+    def __post_init__(self) -> None:
+        for index, name in enumerate(self.redact_fields):
+            if not name:
+                raise ConfigError(f"privacy.redact_fields[{index}] is empty; give a field name")
+        for index, pattern in enumerate(self.redact_patterns):
+            _check_pattern(f"privacy.redact_patterns[{index}]", pattern)
+
+
 class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """The whole configuration (the seed's top-level dict)."""
 
@@ -114,6 +175,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     capture: CaptureConfig = msgspec.field(default_factory=CaptureConfig)
     logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
     http: HttpConfig = msgspec.field(default_factory=HttpConfig)
+    privacy: PrivacyConfig = msgspec.field(default_factory=PrivacyConfig)
 
 
 _SECTIONS: dict[str, type[msgspec.Struct]] = {
@@ -121,7 +183,10 @@ _SECTIONS: dict[str, type[msgspec.Struct]] = {
     "capture": CaptureConfig,
     "logging": LoggingConfig,
     "http": HttpConfig,
+    "privacy": PrivacyConfig,
 }
+#: Settings whose environment variable holds a JSON array (regular expressions may contain ':').
+_JSON_ENV = frozenset({("privacy", "drop"), ("privacy", "redact_patterns")})
 
 
 def _convert(data: Any, kind: type[Any], where: str, *, strict: bool = True) -> Any:
@@ -172,6 +237,22 @@ def _env_value(raw: str, current: Any) -> Any:
     return raw
 
 
+_JSON_ENV_EXAMPLES = {"drop": '[{"event_type": "clipboard"}]', "redact_patterns": '["sk-[A-Za-z0-9]{20,}"]'}
+
+
+def _env_json(name: str, key: str, raw: str) -> Any:
+    try:
+        value = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        value = None
+    if not isinstance(value, list):
+        raise ConfigError(
+            f"invalid configuration (environment variable {name}): expected a JSON array, "
+            f"e.g. {name}='{_JSON_ENV_EXAMPLES[key]}'"
+        )
+    return value
+
+
 def load_config(
     path: str | os.PathLike[str] | None = None,
     *,
@@ -209,7 +290,10 @@ def load_config(
         for key in kind.__struct_fields__:
             name = env_name(section, key)
             if name in env:
-                value = _env_value(env[name], getattr(getattr(defaults, section), key))
+                if (section, key) in _JSON_ENV:
+                    value = _env_json(name, key, env[name])
+                else:
+                    value = _env_value(env[name], getattr(getattr(defaults, section), key))
                 _convert({section: {key: value}}, Config, f"environment variable {name}", strict=False)
                 merged[section][key] = value
                 origin[f"{section}.{key}"] = f"env {name}"

@@ -9,8 +9,10 @@ from collections.abc import Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Literal
 
+from ._config import PrivacyConfig
 from ._encoding import EncodingOptions, parse_timestamp, prepare_batch, prepare_event
 from ._exceptions import ValidationError
+from ._privacy import PrivacyRules
 from ._storage import EventStore, open_store
 from ._types import EventPage, EventQuery, Pattern, StoredEvent, SystemStats
 
@@ -71,7 +73,8 @@ class EventDatabase:
     """Events in a database file, the seed's synchronous API; safe to share between threads.
 
     ``readonly=True`` never creates, migrates or writes the file and takes no writer lock:
-    that is how the CLI reads while ``celflow run`` writes.
+    that is how the CLI reads while ``celflow run`` writes. ``privacy`` (the ``[privacy]``
+    settings, or rules already compiled) applies to every event stored through this object.
     """
 
     def __init__(
@@ -82,16 +85,23 @@ class EventDatabase:
         durability: Literal["normal", "full"] = "normal",
         compression_threshold: int = 1024,
         max_event_bytes: int = 16 * 1024 * 1024,
+        privacy: PrivacyConfig | PrivacyRules | None = None,
     ) -> None:
         self.db_path = os.fspath(db_path)
-        self.options = EncodingOptions(compression_threshold, max_event_bytes)
+        self.options = EncodingOptions(compression_threshold, max_event_bytes, privacy=PrivacyRules.compile(privacy))
         self.store: EventStore = open_store(self.db_path, readonly=readonly, durability=durability)
 
     # -- writing -------------------------------------------------------------------------------
 
-    def store_event(self, event: Mapping[str, Any]) -> int:
-        """Store one event now; return its id (a duplicate returns the stored event's id)."""
-        result = self.store.insert_events([prepare_event(event, self.options)])
+    def store_event(self, event: Mapping[str, Any]) -> int | None:
+        """Store one event now; return its id (a duplicate returns the stored event's id).
+
+        ``None``: a privacy drop rule discarded the event; nothing was stored.
+        """
+        row = prepare_event(event, self.options)
+        if row is None:
+            return None
+        result = self.store.insert_events([row])
         assert result.ids is not None
         return result.ids[0]
 
@@ -99,6 +109,7 @@ class EventDatabase:
         """Store events in one transaction, all or none; return their ids in input order.
 
         A bad event rejects the whole batch with a :class:`ValidationError` naming its index.
+        Events a privacy drop rule discards get no id: the ids are those of the events kept.
         """
         result = self.store.insert_events(prepare_batch(events, self.options))
         assert result.ids is not None
@@ -204,7 +215,10 @@ class EventDatabase:
         if event_id is not None and (isinstance(event_id, bool) or not isinstance(event_id, int)):
             raise ValidationError("event_id must be an event's id (int) or None", field="event_id")
         _optional_name(embryo_id, "embryo_id")
-        prepare_event({"event_type": "pattern", "source": "pattern", "data": pattern_data}, self.options)
+        # validation only: privacy rules are for events, a pattern is stored as given
+        prepare_event(
+            {"event_type": "pattern", "source": "pattern", "data": pattern_data}, self.options._replace(privacy=None)
+        )
         return self.store.insert_pattern(
             pattern_type, float(confidence), pattern_data, event_id=event_id, embryo_id=embryo_id
         )

@@ -22,6 +22,7 @@ import xxhash
 import zstandard
 
 from ._exceptions import ValidationError
+from ._privacy import PrivacyRules
 
 __all__ = [
     "EncodingOptions",
@@ -69,6 +70,8 @@ class EncodingOptions(NamedTuple):
     compression_threshold: int = 1024
     max_event_bytes: int = 16 * 1024 * 1024
     compression_level: int = 3
+    #: Applied to each event first (drop, redact); ``None``: no rules, nothing to do.
+    privacy: PrivacyRules | None = None
 
 
 DEFAULT_OPTIONS = EncodingOptions()
@@ -85,7 +88,9 @@ def parse_timestamp(value: object, *, field: str = "timestamp") -> float:
             parsed = datetime.fromisoformat(value)
         except ValueError:
             raise ValidationError(
-                f"{field} {value[:64]!r} is not an ISO-8601 date-time (e.g. 2024-05-01T12:00:00Z)",
+                # the text itself is not repeated: it could be anything, a secret too
+                f"{field} is not an ISO-8601 date-time (e.g. 2024-05-01T12:00:00Z); "
+                f"got a string of {len(value)} characters",
                 field=field,
             ) from None
         ts = _aware_timestamp(parsed, field, repr(value[:64]))
@@ -183,7 +188,8 @@ def _describe_non_json(value: object, path: str) -> str | None:
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
-                return f"{path} has a key {key!r} of type {type(key).__name__}; JSON object keys must be str"
+                # the key itself is not repeated: a tuple key could hold anything, a secret too
+                return f"{path} has a key of type {type(key).__name__}; JSON object keys must be str"
             found = _describe_non_json(item, f"{path}.{key}")
             if found:
                 return found
@@ -236,8 +242,20 @@ _new_row = tuple.__new__  # builds a Row without NamedTuple's Python-level __new
 
 def prepare_event(
     event: Mapping[str, Any], options: EncodingOptions = DEFAULT_OPTIONS, *, now: float | None = None
-) -> Row:
-    """Validate one event dict and return its row; raise :class:`ValidationError` naming the field."""
+) -> Row | None:
+    """Validate one event dict and return its row; raise :class:`ValidationError` naming the field.
+
+    With privacy rules in ``options``, they apply first: ``None`` means a drop rule discarded the event.
+    """
+    if options.privacy is not None:
+        event = options.privacy.apply(event)
+        if event is None:
+            return None
+    return _row(event, options, now)
+
+
+def _row(event: Mapping[str, Any], options: EncodingOptions, now: float | None) -> Row:
+    """:func:`prepare_event` after the privacy rules (the batch loops apply them themselves: no call per event)."""
     if type(event) is not dict and not isinstance(event, Mapping):  # the ABC check is slow; skip it for dicts
         raise ValidationError(f"an event must be a dict, not {type(event).__name__}")
     if not _ALLOWED_FIELDS.issuperset(event):
@@ -289,31 +307,51 @@ def prepare_event(
 
 
 def prepare_batch(events: Iterable[Mapping[str, Any]], options: EncodingOptions = DEFAULT_OPTIONS) -> list[Row]:
-    """Prepare every event or none: a bad one raises :class:`ValidationError` with its index."""
+    """Prepare every event or none: a bad one raises :class:`ValidationError` with its index.
+
+    Events a privacy drop rule discards have no row: the rows are those of the others, in order.
+    """
     if isinstance(events, (Mapping, str, bytes)):
         raise ValidationError("a batch must be a list of event dicts, not a single " + type(events).__name__)
     now = time.time()
+    privacy = options.privacy
     rows = []
     for index, event in enumerate(events):
         try:
-            rows.append(prepare_event(event, options, now=now))
+            if privacy is not None:
+                event = privacy.apply(event)
+                if event is None:
+                    continue
+            rows.append(_row(event, options, now))
         except ValidationError as exc:
             raise ValidationError(str(exc), field=exc.field, index=index) from None
     return rows
 
 
 def prepare_each(
-    events: Sequence[object], options: EncodingOptions = DEFAULT_OPTIONS
+    events: Sequence[object], options: EncodingOptions = DEFAULT_OPTIONS, *, kept: list[int] | None = None
 ) -> tuple[list[Row], list[ValidationError]]:
-    """Prepare every event, collecting all the errors (each with its index) instead of the first."""
+    """Prepare every event, collecting all the errors (each with its index) instead of the first.
+
+    Events a privacy drop rule discards have neither a row nor an error (``kept``, when given,
+    receives the index of each event that has a row).
+    """
     now = time.time()
+    privacy = options.privacy
     rows: list[Row] = []
     errors: list[ValidationError] = []
     for index, event in enumerate(events):
         try:
-            rows.append(prepare_event(event, options, now=now))  # type: ignore[arg-type]
+            if privacy is not None:
+                event = privacy.apply(event)
+                if event is None:
+                    continue
+            rows.append(_row(event, options, now))  # type: ignore[arg-type]
         except ValidationError as exc:
             errors.append(ValidationError(str(exc), field=exc.field, index=index))
+            continue
+        if kept is not None:
+            kept.append(index)
     return rows, errors
 
 

@@ -458,14 +458,15 @@ def import_events(
     places: list[str] = []
 
     def flush() -> None:
-        rows, errors = prepare_each(pending, database.options)
-        bad = {e.index for e in errors}
-        good = [record for i, record in enumerate(pending) if i not in bad]
+        kept: list[int] = []  # the records with a row: not rejected, not dropped by a privacy rule
+        rows, errors = prepare_each(pending, database.options, kept=kept)
         # A CelFlow export carries each event's hash: keep it, so an event stored with an
-        # idempotency key (whose hash is the key's) is still the same event on import.
+        # idempotency key (whose hash is the key's) is still the same event on import. Not under
+        # privacy rules: the hash of the original content could be guessed back from a redacted event.
+        keep_hash = database.options.privacy is None
         rows = [
-            row._replace(hash=record["hash"]) if _is_hash(record.get("hash")) else row
-            for row, record in zip(rows, good, strict=True)
+            row._replace(hash=pending[i]["hash"]) if keep_hash and _is_hash(pending[i].get("hash")) else row
+            for row, i in zip(rows, kept, strict=True)
         ]
         for error in errors:
             report.reject(places[error.index or 0], str(error).removeprefix(f"event {error.index}: "))

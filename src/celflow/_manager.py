@@ -17,6 +17,7 @@ from ._config import Config, PersistenceConfig, parse_config
 from ._database import EventDatabase
 from ._encoding import EncodingOptions, Row, prepare_batch, prepare_event
 from ._exceptions import CorruptDatabaseError, ManagerStateError, QueueFullError
+from ._privacy import PrivacyRules
 from ._types import EventQuery
 from ._writer import BatchWriter, Overflow
 
@@ -48,7 +49,11 @@ class EventPersistenceManager:
         self.config: Config = parse_config(config)
         settings = self.config.persistence
         self.settings: PersistenceConfig = settings
-        self.options = EncodingOptions(settings.compression_threshold, settings.max_event_bytes)
+        self.options = EncodingOptions(
+            settings.compression_threshold,
+            settings.max_event_bytes,
+            privacy=PrivacyRules.compile(self.config.privacy),
+        )
         self.state = ManagerState.UNSTARTED
         self.database: EventDatabase | None = None
         self._writer: BatchWriter | None = None
@@ -71,6 +76,7 @@ class EventPersistenceManager:
             durability=settings.durability,
             compression_threshold=settings.compression_threshold,
             max_event_bytes=settings.max_event_bytes,
+            privacy=self.options.privacy,  # the same rules, so their counter is one
         )
         try:
             database.store.acquire_writer()
@@ -96,6 +102,14 @@ class EventPersistenceManager:
         if settings.stats_interval > 0:
             self._tasks.append(asyncio.create_task(self._stats_loop(), name="celflow-system-stats"))
         log.info("storing events in %s (%d already there)", settings.database_path, self._events_at_start)
+        if self.options.privacy is not None:
+            rules = self.config.privacy  # counts only: a rule's text could name what it hides
+            log.info(
+                "privacy rules: %d drop, %d redacted field names, %d redacted patterns",
+                len(rules.drop),
+                len(rules.redact_fields),
+                len(rules.redact_patterns),
+            )
 
     async def stop(self) -> None:
         """Commit everything queued, then close; nothing accepted is lost on a graceful stop."""
@@ -138,9 +152,11 @@ class EventPersistenceManager:
 
         Raises ``ValidationError`` for a bad event (nothing is queued) and ``QueueFullError``
         when the queue stays full (overflow ``raise``, or ``block`` past ``queue_timeout``).
+        An event a privacy drop rule discards returns ``True`` (handled as configured; not stored).
         """
         writer = self._running_writer()
-        return writer.submit([prepare_event(event, self.options)])
+        row = prepare_event(event, self.options)
+        return True if row is None else writer.submit([row])
 
     def queue_events_batch(self, events: Iterable[Mapping[str, Any]]) -> bool:
         """Validate and queue events, all or none (a bad one raises naming its index)."""
@@ -152,13 +168,20 @@ class EventPersistenceManager:
         await self._running_writer().flush()
 
     async def store_events(self, events: Iterable[Mapping[str, Any]]) -> list[int]:
-        """Queue events and return their ids once committed (duplicates get the stored id)."""
+        """Queue events and return their ids once committed (duplicates get the stored id).
+
+        Events a privacy drop rule discards get no id: the ids are those of the events kept.
+        """
         self._running_writer()
         return await self.store_rows(prepare_batch(events, self.options))
 
-    async def store_event(self, event: Mapping[str, Any]) -> int:
-        """Queue one event and return its id once committed."""
-        ids = await self.store_events([event])
+    async def store_event(self, event: Mapping[str, Any]) -> int | None:
+        """Queue one event and return its id once committed; ``None`` if a privacy drop rule discarded it."""
+        self._running_writer()
+        row = prepare_event(event, self.options)
+        if row is None:
+            return None
+        ids = await self.store_rows([row])
         if not ids:
             raise QueueFullError("the event was dropped: the queue is full and overflow is 'drop'")
         return ids[0]
@@ -214,6 +237,7 @@ class EventPersistenceManager:
             "avg_events_per_second": round(stored / uptime, 1) if uptime > 0 else 0.0,
             "uptime_seconds": round(uptime, 3),
             "removed_by_retention": self._removed,
+            "privacy_dropped": self.options.privacy.dropped if self.options.privacy is not None else 0,
             "last_cleanup": self._last_cleanup,
             "database_stats": {
                 "database_path": path,

@@ -17,7 +17,7 @@ import msgspec
 import orjson
 
 from . import _schema
-from ._encoding import Row, data_text, decode_data
+from ._encoding import MAX_SEARCH_LENGTH, Row, _check_text, data_text, decode_data
 from ._exceptions import (
     CorruptDatabaseError,
     DatabaseClosedError,
@@ -106,15 +106,46 @@ def _past_deadline() -> int:
     return 1 if time.monotonic() > _deadline.at else 0
 
 
-def _search_udf(data_compressed: bytes | None, needle: str) -> bool:
-    if data_compressed is None:
+def _search_udf(data_compressed: bytes, needle: bytes) -> bool:
+    """Search in compressed data: bytes.lower() folds ASCII letters only, as SQLite's LIKE does."""
+    try:
+        text = data_text(None, data_compressed).encode()
+    except Exception:  # noqa: BLE001 - a damaged blob matches nothing; reading its row reports the damage
         return False
-    return needle in data_text(None, data_compressed).lower()
+    return needle in text.lower()
 
 
 def _like_pattern(text: str) -> str:
     escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return f"%{escaped}%"
+
+
+_NAMES_HOLD = "(instr(lower(event_type), ?) OR instr(lower(source), ?) OR instr(lower(action), ?))"
+
+
+def _search_clause(needle: str) -> tuple[str, list[Any]]:
+    """A literal substring of the type, source, action or JSON data, ignoring the case of ASCII letters.
+
+    LIKE reads a text only up to a NUL character. JSON text never holds one raw (it is written
+    ``\\u0000``), but names may: a needle with a NUL compares the names whole with instr(), and
+    names holding a NUL are compared so too. SQLite's lower() folds ASCII letters only, like LIKE.
+    """
+    if len(needle) > MAX_SEARCH_LENGTH:  # a longer LIKE pattern can pass SQLite's limit (an SQL error)
+        raise ValidationError(
+            f"search is {len(needle)} characters long; the limit is {MAX_SEARCH_LENGTH}", field="search"
+        )
+    _check_text(needle, "search")
+    folded = needle.encode().lower()
+    text = folded.decode()
+    if "\x00" in needle:
+        return _NAMES_HOLD, [text, text, text]
+    like = _like_pattern(needle)
+    clause = (
+        "(event_type LIKE ? ESCAPE '\\' OR source LIKE ? ESCAPE '\\' OR action LIKE ? ESCAPE '\\' "
+        "OR data_json LIKE ? ESCAPE '\\' OR (data_compressed IS NOT NULL AND celflow_search(data_compressed, ?)) "
+        f"OR ((instr(event_type, ?) OR instr(source, ?) OR instr(action, ?)) AND {_NAMES_HOLD}))"
+    )
+    return clause, [like, like, like, like, folded, "\x00", "\x00", "\x00", text, text, text]
 
 
 def encode_cursor(timestamp: float, event_id: int) -> str:
@@ -384,12 +415,9 @@ class SQLiteStore:
                 clauses.append(f"{column} = ?")
                 params.append(value)
         if query.search:
-            like = _like_pattern(query.search)
-            clauses.append(
-                "(event_type LIKE ? ESCAPE '\\' OR source LIKE ? ESCAPE '\\' OR action LIKE ? "
-                "ESCAPE '\\' OR data_json LIKE ? ESCAPE '\\' OR celflow_search(data_compressed, ?))"
-            )
-            params.extend([like, like, like, like, query.search.lower()])
+            clause, values = _search_clause(query.search)
+            clauses.append(clause)
+            params.extend(values)
         if query.cursor is not None:
             ts, event_id = decode_cursor(query.cursor)
             op = "<" if query.order == "desc" else ">"

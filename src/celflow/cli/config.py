@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import click
+import msgspec
 import orjson
 from rich.console import Console
 from rich.table import Table
@@ -26,7 +27,8 @@ def config() -> None:
 def show(state: State, as_json: bool) -> None:
     """Print every setting, its value and its origin (default, file, env, command line)."""
     settings, origin = state.load()
-    items = config_items(settings, origin)
+    # plain values: the privacy section's drop rules are structs
+    items = [(name, msgspec.to_builtins(value), source) for name, value, source in config_items(settings, origin)]
     if as_json:
         payload = {name: {"value": value, "origin": source} for name, value, source in items}
         sys.stdout.buffer.write(orjson.dumps(payload, option=orjson.OPT_INDENT_2) + b"\n")

@@ -255,16 +255,28 @@ def export(
 def import_(state: State, source: Path, db: Path | None, fmt: str | None, as_json: bool) -> None:
     """Import events from SOURCE: a CelFlow export (json, jsonl, csv, parquet) or an ActivityWatch
     export (--format activitywatch). Importing the same file twice stores nothing new."""
-    path = db if db is not None else Path(state.load()[0].persistence.database_path)
-    with EventDatabase(path) as database, _progress("importing", None) as progress:
+    settings = state.load()[0]  # with --db too: the privacy rules apply to imported events
+    path = db if db is not None else Path(settings.persistence.database_path)
+    limits = settings.persistence
+    with (
+        EventDatabase(
+            path,
+            compression_threshold=limits.compression_threshold,
+            max_event_bytes=limits.max_event_bytes,
+            privacy=settings.privacy,
+        ) as database,
+        _progress("importing", None) as progress,
+    ):
         report = import_events(database, source, fmt, progress=progress)
+        rules = database.options.privacy
     if as_json:
-        _print_json(report.to_dict())
+        _print_json({**report.to_dict(), "privacy_dropped": rules.dropped if rules is not None else 0})
         return
     err = Console(stderr=True, highlight=False)
+    dropped = f", {rules.dropped:,} dropped by privacy rules" if rules is not None else ""
     err.print(
         f"imported {report.imported:,} events from {source}; {report.duplicates:,} were already stored, "
-        f"{report.rejected:,} rejected"
+        f"{report.rejected:,} rejected{dropped}"
     )
     for where, message in report.rejects[:20]:
         err.print(f"  {where}: {message}")

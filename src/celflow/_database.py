@@ -10,7 +10,7 @@ from types import TracebackType
 from typing import Any, Literal
 
 from ._config import PrivacyConfig
-from ._encoding import EncodingOptions, parse_timestamp, prepare_batch, prepare_event
+from ._encoding import MAX_SEARCH_LENGTH, EncodingOptions, _check_text, parse_timestamp, prepare_batch, prepare_event
 from ._exceptions import ValidationError
 from ._privacy import PrivacyRules
 from ._storage import EventStore, open_store
@@ -18,7 +18,6 @@ from ._types import EventPage, EventQuery, Pattern, StoredEvent, SystemStats
 
 __all__ = ["EventDatabase", "make_query"]
 
-MAX_SEARCH_LENGTH = 1000
 _CLEANUP_CHUNK = 10_000
 
 
@@ -29,6 +28,8 @@ def _optional_time(value: object, field: str) -> float | None:
 def _optional_name(value: object, field: str) -> str | None:
     if value is not None and not isinstance(value, str):
         raise ValidationError(f"{field} must be a string, not {type(value).__name__}", field=field)
+    if value is not None and not value.isascii():
+        _check_text(value, field)  # a lone surrogate cannot be compared with stored (UTF-8) text
     return value
 
 

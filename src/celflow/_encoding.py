@@ -12,6 +12,7 @@ import math
 import struct
 import threading
 import time
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -21,7 +22,7 @@ import orjson
 import xxhash
 import zstandard
 
-from ._exceptions import ValidationError
+from ._exceptions import CorruptDatabaseError, ValidationError
 from ._privacy import PrivacyRules
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
 MIN_TIMESTAMP = 0.0
 MAX_TIMESTAMP = 7_258_118_400.0
 MAX_NAME_LENGTH = 256
+MAX_SEARCH_LENGTH = 1000  # characters of a search; longer LIKE patterns can pass SQLite's own limit
 MAX_KEY_LENGTH = 256
 
 EVENT_FIELDS = frozenset({"event_type", "source", "action", "timestamp", "data", "idempotency_key"})
@@ -82,7 +84,12 @@ def parse_timestamp(value: object, *, field: str = "timestamp") -> float:
     if isinstance(value, bool):
         raise ValidationError(f"{field} must be a number of seconds, not a bool", field=field)
     if isinstance(value, (int, float)):
-        ts = float(value)
+        try:
+            ts = float(value)
+        except OverflowError:  # an int past float's range (~1.8e308)
+            raise ValidationError(
+                f"{field} is outside 1970-01-01..2200-01-01 (a number too large for a float)", field=field
+            ) from None
     elif isinstance(value, str):
         try:
             parsed = datetime.fromisoformat(value)
@@ -126,7 +133,7 @@ def encode_data(data: object) -> bytes:
             return _encode_stdlib(data)
         if "Recursion" in message:
             raise ValidationError("data is nested more than 254 levels deep", field="data") from None
-        raise ValidationError(_describe_non_json(data, "data") or message, field="data") from None
+        raise ValidationError(_describe(data) or message, field="data") from None
     # orjson writes NaN and infinities as null; null is rare enough to check only then, with the
     # standard library's C encoder, which refuses them.
     if b"null" in out and not _all_finite_fast(data):
@@ -141,14 +148,27 @@ def _encode_stdlib(data: object) -> bytes:
     """Integers beyond 64 bits: the standard library encodes them exactly."""
     try:
         text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    except ValueError:
-        raise ValidationError(
-            f"{_find_non_finite(data, 'data')} is not a finite number (JSON has no NaN/Infinity)",
-            field="data",
-        ) from None
-    except (TypeError, RecursionError) as exc:
-        raise ValidationError(_describe_non_json(data, "data") or str(exc), field="data") from None
+    except RecursionError:  # deep nesting around a big integer; the walks below would recurse as deep
+        raise ValidationError("data is nested too deeply to encode", field="data") from None
+    except ValueError as exc:
+        if "digits" in str(exc):  # Python converts integers of up to 4,300 digits to text
+            raise ValidationError(f"data holds an integer too large to write as text ({exc})", field="data") from None
+        try:
+            where = _find_non_finite(data, "data")
+        except RecursionError:
+            where = "data"
+        raise ValidationError(f"{where} is not a finite number (JSON has no NaN/Infinity)", field="data") from None
+    except TypeError as exc:
+        raise ValidationError(_describe(data) or str(exc), field="data") from None
     return text.encode()
+
+
+def _describe(data: object) -> str | None:
+    """:func:`_describe_non_json` of ``data``, or None if it is nested too deeply to walk."""
+    try:
+        return _describe_non_json(data, "data")
+    except RecursionError:
+        return "data is nested too deeply, or holds a value that is not JSON"
 
 
 def _all_finite_fast(value: object) -> bool:
@@ -220,6 +240,18 @@ def _zstd_decompressor() -> zstandard.ZstdDecompressor:
     return dec
 
 
+def _check_text(value: str, field: str) -> None:
+    """Refuse text that UTF-8 cannot hold (a lone surrogate, e.g. from ``"\\ud800"`` or bad decoding)."""
+    try:
+        value.encode()
+    except UnicodeEncodeError as exc:
+        raise ValidationError(
+            f"{field} is not valid Unicode text: it holds a lone surrogate (U+{ord(value[exc.start]):04X}) "
+            f"at position {exc.start}",
+            field=field,
+        ) from None
+
+
 def _check_name(event: Mapping[str, Any], field: str, *, required: bool) -> str | None:
     value = event.get(field)
     if value is None:
@@ -276,6 +308,10 @@ def _row(event: Mapping[str, Any], options: EncodingOptions, now: float | None) 
     if action is not None and (type(action) is not str or len(action) > MAX_NAME_LENGTH):
         action = _check_name(event, "action", required=False)
     assert event_type is not None and source is not None
+    if not (event_type.isascii() and source.isascii() and (action is None or action.isascii())):
+        for field, text in (("event_type", event_type), ("source", source), ("action", action)):
+            if text is not None:
+                _check_text(text, field)
     ts = event.get("timestamp")
     if ts is None:
         ts = time.time() if now is None else now
@@ -295,6 +331,8 @@ def _row(event: Mapping[str, Any], options: EncodingOptions, now: float | None) 
                 f"idempotency_key must be a non-empty string of at most {MAX_KEY_LENGTH} characters",
                 field="idempotency_key",
             )
+        if not key.isascii():
+            _check_text(key, "idempotency_key")
         digest = xxhash.xxh3_64_hexdigest(b"key\x00" + key.encode())
     else:
         head = f"{event_type}\x00{source}\x00{action if action is not None else chr(1)}\x00"
@@ -311,8 +349,7 @@ def prepare_batch(events: Iterable[Mapping[str, Any]], options: EncodingOptions 
 
     Events a privacy drop rule discards have no row: the rows are those of the others, in order.
     """
-    if isinstance(events, (Mapping, str, bytes)):
-        raise ValidationError("a batch must be a list of event dicts, not a single " + type(events).__name__)
+    _check_batch(events)
     now = time.time()
     privacy = options.privacy
     rows = []
@@ -328,6 +365,13 @@ def prepare_batch(events: Iterable[Mapping[str, Any]], options: EncodingOptions 
     return rows
 
 
+def _check_batch(events: object) -> None:
+    if isinstance(events, (Mapping, str, bytes)):
+        raise ValidationError("a batch must be a list of event dicts, not a single " + type(events).__name__)
+    if not isinstance(events, Iterable):
+        raise ValidationError(f"a batch must be a list of event dicts, not {type(events).__name__}")
+
+
 def prepare_each(
     events: Sequence[object], options: EncodingOptions = DEFAULT_OPTIONS, *, kept: list[int] | None = None
 ) -> tuple[list[Row], list[ValidationError]]:
@@ -336,6 +380,7 @@ def prepare_each(
     Events a privacy drop rule discards have neither a row nor an error (``kept``, when given,
     receives the index of each event that has a row).
     """
+    _check_batch(events)
     now = time.time()
     privacy = options.privacy
     rows: list[Row] = []
@@ -366,12 +411,21 @@ def _decompress(blob: bytes) -> bytes:
 
 
 def decode_data(data_json: str | None, data_compressed: bytes | None) -> Any:
-    """Decode a stored event's data, whichever codec (none, zstd, gzip) wrote it."""
-    if data_compressed is not None:
-        return _json_decode(_decompress(data_compressed))
-    if data_json is None:
-        return None
-    return _json_decode(data_json)
+    """Decode a stored event's data, whichever codec (none, zstd, gzip) wrote it.
+
+    Stored data that no longer decodes (a damaged page) raises :class:`CorruptDatabaseError`.
+    """
+    try:
+        if data_compressed is not None:
+            return _json_decode(_decompress(data_compressed))
+        if data_json is None:
+            return None
+        return _json_decode(data_json)
+    except (msgspec.DecodeError, ValueError, zstandard.ZstdError, EOFError, OSError, zlib.error) as exc:
+        raise CorruptDatabaseError(
+            f"an event's stored data cannot be decoded ({exc}): the database is damaged; stop CelFlow and run "
+            "`celflow db recover` (it saves what can be read and keeps the damaged file aside)"
+        ) from None
 
 
 def data_text(data_json: str | None, data_compressed: bytes | None) -> str:

@@ -459,3 +459,54 @@ def test_a_flush_behind_a_batch_over_max_queue_size_is_never_refused(db_path: Pa
             assert manager.get_stats()["total_stored"] == 50
 
     run(scenario())
+
+
+def test_a_full_database_is_a_clear_error_and_its_connection_is_replaced(db_path: Path) -> None:
+    """SQLITE_FULL names itself and says to free space; the connection it happened on is closed, so a
+    limit of that connection (max_page_count, standing in for a full disk) does not outlive it."""
+    import secrets
+
+    from celflow import OperationalError
+
+    with EventDatabase(db_path) as db:
+        db.store_events_batch([make_event() for _ in range(10)])
+        conn = db.store._connection()  # type: ignore[attr-defined]  # this thread's, the one that writes
+        conn.execute(f"PRAGMA max_page_count = {conn.execute('PRAGMA page_count').fetchone()[0]}")
+        big = [make_event(data={"blob": secrets.token_hex(2000)}) for _ in range(50)]
+        with pytest.raises(OperationalError, match=r"\[SQLITE_FULL\].*free some disk space"):
+            db.store_events_batch(big)
+        assert db.store._connection() is not conn  # type: ignore[attr-defined]
+        assert len(set(db.store_events_batch(big))) == 50
+        assert db.count_events() == 60 and db.store.quick_check() == []
+
+
+def test_the_writer_retries_a_batch_refused_for_space_on_a_new_connection(db_path: Path) -> None:
+    """A batch refused with SQLITE_FULL is retried on a new connection and stored once; the writer
+    reports the error by type and is healthy again, nothing lost."""
+    import secrets
+
+    async def scenario() -> None:
+        async with EventPersistenceManager(config(db_path, batch_timeout=0.01)) as manager:
+            assert manager.database is not None
+            store: Any = manager.database.store
+            capped: list[sqlite3.Connection] = []
+
+            def cap_once(seconds: float, inserted: int) -> None:
+                """On the writer thread, after a commit: its connection may grow no more."""
+                if not capped:
+                    capped.append(store._local.conn)
+                    pages = capped[0].execute("PRAGMA page_count").fetchone()[0]
+                    capped[0].execute(f"PRAGMA max_page_count = {pages}")
+
+            await wait_until(lambda: manager.get_stats()["last_cleanup"] is not None)  # maintenance writes too
+            manager.add_batch_observer(cap_once)
+            await manager.store_events([make_event()])
+            big = [make_event(data={"blob": secrets.token_hex(2000)}) for _ in range(50)]
+            ids = await asyncio.wait_for(manager.store_events(big), 30)
+            stats = manager.get_stats()
+            assert len(set(ids)) == 50 and stats["healthy"] and stats["errors"] >= 1 and stats["lost"] == 0
+            assert stats["last_error"].startswith("OperationalError: database or disk is full [SQLITE_FULL]")
+        with EventDatabase(db_path, readonly=True) as db:
+            assert db.count_events() == 51
+
+    run(scenario())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import logging
 import math
 import os
 import sqlite3
@@ -34,6 +35,8 @@ from ._lock import WriterLock
 from ._types import EventQuery, InsertResult, Pattern, StoredEvent, SystemStats
 
 __all__ = ["SQLiteStore", "translate"]
+
+log = logging.getLogger("celflow.storage")
 
 Durability = Literal["normal", "full"]
 
@@ -79,14 +82,37 @@ _EVENT_COLUMNS = "id, timestamp, event_type, action, source, data_json, data_com
 _GROUP_COLUMNS = ("event_type", "source", "action")
 
 
+def _error_name(exc: BaseException) -> str | None:
+    """SQLite's (extended) result code name, e.g. ``SQLITE_IOERR_FSYNC``, when the driver gives one."""
+    name = getattr(exc, "sqlite_errorname", None)
+    return name if isinstance(exc, sqlite3.Error) and isinstance(name, str) else None
+
+
+def _primary_code(exc: BaseException) -> int | None:
+    """SQLite's primary result code (``sqlite3.SQLITE_FULL``...) of a driver error, when it carries one."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code & 0xFF if isinstance(exc, sqlite3.Error) and isinstance(code, int) else None
+
+
+#: The operating system failed SQLite: an I/O error (a read, a write, an fsync...) or a full disk.
+_OS_FAILURES = (sqlite3.SQLITE_IOERR, sqlite3.SQLITE_FULL)
+
+
 def translate(exc: sqlite3.Error, path: str) -> PersistenceError:
     """Turn a driver error into CelFlow's tree (the one place where that happens)."""
-    message = f"{exc} (database {path})"
+    name = _error_name(exc)
+    message = f"{exc}{f' [{name}]' if name else ''} (database {path})"
     if isinstance(exc, sqlite3.OperationalError):
         if str(exc) == "interrupted" and getattr(_deadline, "at", None) is not None:
             return QueryTimeoutError(f"the query ran longer than its {_deadline.seconds:g} s limit and was stopped")
-        if "disk is full" in str(exc) or "database or disk is full" in str(exc):
+        code = _primary_code(exc)
+        if "disk is full" in str(exc) or code == sqlite3.SQLITE_FULL:
             message += ": free some disk space; nothing of the failed batch was written"
+        elif code == sqlite3.SQLITE_IOERR:
+            message += (
+                ": the disk or file system failed a read, write or sync. A failed write is rolled back "
+                "(nothing of it is stored) and its connection replaced; if this persists, check the disk (dmesg)"
+            )
         return OperationalError(message)
     if isinstance(exc, sqlite3.DatabaseError) and "malformed" in str(exc):
         return CorruptDatabaseError(
@@ -207,6 +233,7 @@ class SQLiteStore:
         self._write_lock = threading.Lock()
         self._writer_lock = WriterLock(self.path)
         self._closed = False
+        self._disk_was_full = False  # the last write failed for want of space: make room before the next
         self._rows_per_statement = _MAX_ROWS_PER_STATEMENT
         self._open()
 
@@ -322,15 +349,64 @@ class SQLiteStore:
             raise PersistenceError(f"{self.path} was opened read-only")
         conn = self._connection()
         self._writer_lock.acquire()
-        with self._write_lock, self._translate():
+        with self._write_lock, self._translate(), self._distrusting(conn):
+            if self._disk_was_full:
+                self._make_room(conn)
             conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+            yield conn
             conn.execute("COMMIT")
+            self._disk_was_full = False
+
+    def _make_room(self, conn: sqlite3.Connection) -> None:
+        """After a full disk, copy the WAL into the database before the next write (a passive checkpoint:
+        it waits for nobody), so that write starts the WAL over instead of growing it.
+
+        Without it, the retried transaction grows the WAL first and the checkpoint after it needs room
+        in the database file too: a little freed space went to the WAL and the writer stayed stuck.
+        """
+        with contextlib.suppress(sqlite3.Error):  # still no room: the write says so itself
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+    @contextlib.contextmanager
+    def _distrusting(self, conn: sqlite3.Connection) -> Iterator[None]:
+        """Roll back a failed write; drop its connection if the OS failed it (or it cannot roll back).
+
+        After a failed write or fsync SQLite may have left frames of the failed transaction in the
+        WAL, and Linux may have dropped the dirty pages the fsync was for, so that a later fsync of
+        the same file "succeeds" without them. So nothing of that connection is reused (its page
+        cache, its pager's error state, its view of the WAL): the next write opens a new one and
+        writes its whole transaction again, pages and all (the ``(timestamp, hash)`` index ignores
+        rows of a failed commit that did reach the file).
+        """
+        try:
+            yield
+        except BaseException as exc:
+            code = _primary_code(exc)
+            distrust = code in _OS_FAILURES
+            if code == sqlite3.SQLITE_FULL:
+                self._disk_was_full = True
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    distrust = True  # left in a transaction, the connection would refuse every later BEGIN
+            if distrust:
+                self._drop_connection(conn, exc)
+            raise
+
+    def _drop_connection(self, conn: sqlite3.Connection, exc: BaseException) -> None:
+        """Close ``conn``, this thread's connection; the thread's next use opens a new one."""
+        if getattr(self._local, "conn", None) is conn:
+            self._local.conn = None
+        with self._conns_lock, contextlib.suppress(ValueError):
+            self._conns.remove(conn)
+        with contextlib.suppress(sqlite3.Error):
+            conn.close()
+        log.warning(
+            "%s during a write to %s: its connection was closed, the next write opens a new one",
+            _error_name(exc) or type(exc).__name__,
+            self.path,
+        )
 
     @contextlib.contextmanager
     def time_limit(self, seconds: float | None) -> Iterator[None]:
@@ -586,7 +662,7 @@ class SQLiteStore:
         """Reclaim up to ``vacuum_pages`` free pages (a short step); return the free pages left."""
         conn = self._connection()
         self._writer_lock.acquire()
-        with self._write_lock, self._translate():
+        with self._write_lock, self._translate(), self._distrusting(conn):
             # executescript steps the pragma to the end; execute() would free a single page.
             conn.executescript(f"PRAGMA incremental_vacuum({int(vacuum_pages)});")
             return int(conn.execute("PRAGMA freelist_count").fetchone()[0])
@@ -595,8 +671,9 @@ class SQLiteStore:
         """Drop emptied counters and refresh the planner's statistics (bounded by analysis_limit)."""
         with self.transaction() as conn:
             conn.execute("DELETE FROM event_counts WHERE n <= 0")
-        with self._translate():
-            self._connection().execute("PRAGMA optimize").fetchall()
+        conn = self._connection()
+        with self._translate(), self._distrusting(conn):
+            conn.execute("PRAGMA optimize").fetchall()
 
     def stats(self) -> dict[str, Any]:
         """Sizes and counts of the database (the seed's ``get_database_stats``)."""

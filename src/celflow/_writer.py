@@ -33,6 +33,9 @@ Overflow = Literal["block", "drop", "raise"]
 #: larger): each commit rewrites the partly filled index pages at every insertion point, so a
 #: few large transactions drain a backlog faster than many small ones (bench/: ~15-20%).
 BACKLOG_BATCH = 5000
+#: A failed batch is retried after 0.05 s, then twice as long each time, up to 5 s.
+FIRST_RETRY_DELAY = 0.05
+MAX_RETRY_DELAY = 5.0
 Task = Callable[[], Iterator[Any]]
 #: Memory of a queued row besides its data: the row tuple, its timestamp, its hash, names of a
 #: usual length and the queue's references (tracemalloc: ~180 bytes on CPython 3.11). Long names
@@ -137,6 +140,7 @@ class BatchWriter:
         self.last_batch_seconds = 0.0
         self.total_batch_seconds = 0.0
         self.healthy = True
+        self._retry_delay = FIRST_RETRY_DELAY  # seconds before the next try of a failed batch
         self._rate_samples: collections.deque[tuple[float, int]] = collections.deque(maxlen=120)
         #: Called on the writer thread after each committed batch with (seconds, rows inserted).
         self.observers: list[Callable[[float, int], None]] = []
@@ -327,23 +331,29 @@ class BatchWriter:
     def _write(self, items: list[_Item]) -> None:
         rows = [row for item in items for row in item.rows]
         want_ids = any(item.ack is not None and item.rows for item in items)
-        delay = 0.05
         while True:
             started = time.monotonic()
             try:
                 result = self.store.insert_events(rows, want_ids=want_ids) if rows else None
                 break
             except PersistenceError as exc:  # I/O, disk full, locked: worth retrying
-                self.errors += 1
-                self.last_error = str(exc)
+                # before the count: whoever sees the error count sees the writer unhealthy, and the log
                 self.healthy = False
-                log.error("writing a batch of %d events failed, retrying in %.2f s: %s", len(rows), delay, exc)
-                if self._stopping and delay >= 5.0:  # give up only when asked to stop
+                self.last_error = exc_text = f"{type(exc).__name__}: {exc}"
+                delay = self._retry_delay
+                # Give up only when asked to stop, and once backed off: the backoff is kept from one
+                # batch to the next until a write succeeds, so a stop behind a failing disk loses each
+                # remaining batch after one more try instead of retrying every one for seconds.
+                if self._stopping and delay >= MAX_RETRY_DELAY:
+                    log.error("stopping while writes fail: %d accepted events are lost (%s)", len(rows), exc_text)
                     self.lost += len(rows)
+                    self.errors += 1
                     self._fail(items, exc)
                     return
+                log.error("writing a batch of %d events failed, retrying in %.2f s: %s", len(rows), delay, exc_text)
+                self.errors += 1
                 time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                self._retry_delay = min(delay * 2, MAX_RETRY_DELAY)
             except Exception as exc:  # a bug must not kill the writer and hang every flush(): logged below
                 self.errors += 1
                 self.lost += len(rows)
@@ -353,6 +363,7 @@ class BatchWriter:
                 return
         elapsed = time.monotonic() - started
         self.healthy = True
+        self._retry_delay = FIRST_RETRY_DELAY
         if result is not None:
             self.stored += result.inserted
             self.duplicates += result.duplicates

@@ -175,13 +175,17 @@ class Api:
     # -- endpoints -----------------------------------------------------------------------------
 
     async def health(self, request: Request) -> Response:
+        """``ok`` (200); ``degraded`` (503) while the writer retries a failed batch: events are still queued
+        up to max_queue_size but nothing is written (last_error says why); ``unhealthy`` (503) when stopped."""
         stats = self.manager.get_stats()
         healthy = bool(stats["healthy"])
+        running = stats["state"] == "running"
         content = {
-            "status": "ok" if healthy else "unhealthy",
+            "status": "ok" if healthy else "degraded" if running else "unhealthy",
             "state": stats["state"],
             "writer_healthy": healthy,
             "queue_size": stats["queue_size"],
+            "max_queue_size": stats["max_queue_size"],
             "last_error": stats["last_error"],
         }
         return json_response(content, 200 if healthy else 503)

@@ -13,10 +13,12 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Se
 from types import TracebackType
 from typing import Any
 
+from ._care import preflight
 from ._config import Config, PersistenceConfig, parse_config
 from ._database import EventDatabase
 from ._encoding import EncodingOptions, Row, prepare_batch, prepare_event
-from ._exceptions import CorruptDatabaseError, ManagerStateError, QueueFullError
+from ._exceptions import ManagerStateError, QueueFullError
+from ._lock import WriterLock
 from ._privacy import PrivacyRules
 from ._types import EventQuery
 from ._writer import BatchWriter, Overflow
@@ -70,19 +72,30 @@ class EventPersistenceManager:
         if self.state is not ManagerState.UNSTARTED:
             raise ManagerStateError(f"the manager is {self.state.value}; a manager starts only once")
         settings = self.settings
-        database = await asyncio.to_thread(
-            EventDatabase,
-            settings.database_path,
-            durability=settings.durability,
-            compression_threshold=settings.compression_threshold,
-            max_event_bytes=settings.max_event_bytes,
-            privacy=self.options.privacy,  # the same rules, so their counter is one
-        )
+        # Check before opening for writing: a read-write connection may checkpoint the WAL into a
+        # damaged file when it closes. The lock keeps another writer out meanwhile.
+        lock = WriterLock(settings.database_path)
+        if os.path.exists(settings.database_path):
+            lock.acquire()
+        try:
+            await asyncio.to_thread(preflight, settings.database_path, durability=settings.durability)
+            database = await asyncio.to_thread(
+                EventDatabase,
+                settings.database_path,
+                durability=settings.durability,
+                compression_threshold=settings.compression_threshold,
+                max_event_bytes=settings.max_event_bytes,
+                privacy=self.options.privacy,  # the same rules, so their counter is one
+            )
+        except BaseException:
+            lock.release()
+            raise
         try:
             database.store.acquire_writer()
-            await asyncio.to_thread(_probe, database)
+            lock.release()  # the store holds it now
             self._events_at_start = await asyncio.to_thread(database.store.count_events, EventQuery(limit=None))
         except BaseException:
+            lock.release()
             database.close()
             raise
         self.database = database
@@ -327,28 +340,6 @@ class EventPersistenceManager:
         assert self.database is not None
         self.database.store.insert_system_stats(values)
         yield from ()
-
-
-QUICK_CHECK_UP_TO = 2 * 1024**3  # bytes: a full quick_check at start (seconds); above, the edges only
-
-
-def _probe(database: EventDatabase) -> None:
-    """Refuse a damaged file before anything is written (:class:`CorruptDatabaseError` names
-    ``celflow db recover``): SQLite's quick_check for files up to 2 GiB, else a read of the edges
-    (schema, first and last events, both ends of the time index)."""
-    store = database.store
-    if os.path.getsize(store.path) <= QUICK_CHECK_UP_TO:
-        problems = store.quick_check()
-        if problems:
-            raise CorruptDatabaseError(
-                f"{store.path} is damaged ({problems[0]}); CelFlow will not write to it. Stop here and run "
-                f"`celflow db recover --db {store.path}` (it saves what can be read and keeps the damaged file aside)"
-            )
-        return
-    store.select_after(0, EventQuery(limit=1))
-    store.select_after(max(0, store.last_id() - 1), EventQuery(limit=1))
-    store.select_events(EventQuery(limit=1))
-    store.select_events(EventQuery(limit=1, order="asc"))
 
 
 def create_event_persistence(

@@ -102,6 +102,11 @@ def translate(exc: sqlite3.Error, path: str) -> PersistenceError:
     """Turn a driver error into CelFlow's tree (the one place where that happens)."""
     name = _error_name(exc)
     message = f"{exc}{f' [{name}]' if name else ''} (database {path})"
+    if "Could not decode to UTF-8" in str(exc):  # a damaged row's text: the driver's message, not SQLite's
+        return CorruptDatabaseError(
+            f"a stored row's text is not UTF-8 (database {path}): the file is damaged; stop CelFlow and run "
+            f"`celflow db recover --db {path}` (it saves what can be read and keeps the damaged file aside)"
+        )
     if isinstance(exc, sqlite3.OperationalError):
         if str(exc) == "interrupted" and getattr(_deadline, "at", None) is not None:
             return QueryTimeoutError(f"the query ran longer than its {_deadline.seconds:g} s limit and was stopped")

@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: run test lint format bench bench-full torture clean
+.PHONY: run test lint format bench bench-full bench-postgres torture clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,12 @@ bench: $(VENV)/.installed-bench
 
 bench-full: $(VENV)/.installed-bench
 	$(BIN)/python bench/run.py --full
+
+# bench-postgres: PostgreSQL beside SQLite (ingest, queries, migration), 200k events, on a running server
+# (psycopg comes with the test extras); BENCH_PG_ARGS="--events 1000000 --repeats 1" for more.
+BENCH_PG_ARGS ?=
+bench-postgres: $(VENV)/.installed-bench $(VENV)/.installed-test
+	$(BIN)/python bench/postgres.py $(BENCH_PG_ARGS)
 
 # torture: the reliability suite (tests/reliability) at full counts, then its table.
 TORTURE_REPORT ?= $(CURDIR)/.torture-report.jsonl

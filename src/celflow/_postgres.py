@@ -24,7 +24,7 @@ import threading
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import msgspec
 import orjson
@@ -147,7 +147,8 @@ def _split_schema(url: str) -> tuple[str, str | None]:
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True)
     schema = next((v for k, v in query if k == "schema"), None)
-    rest = urlencode([(k, v) for k, v in query if k != "schema"])
+    # quote, not urlencode's default quote_plus: libpq reads "+" as a plus sign, not a space
+    rest = urlencode([(k, v) for k, v in query if k != "schema"], quote_via=quote)
     return urlunsplit(parts._replace(query=rest)), schema
 
 
@@ -189,6 +190,16 @@ class PostgresStore:
         self._closed = False
         self._local = threading.local()
         self._known_days: set[int] = set()  # day partitions known to exist (added after each commit)
+        # One direct connection first: the pool would retry for its whole timeout and then report only
+        # "pool initialization incomplete", not the server's reason (refused, unknown database, auth).
+        try:
+            psycopg.connect(self.url, connect_timeout=10).close()
+        except psycopg.Error as exc:
+            reason = str(exc).strip()
+            password = urlsplit(url).password
+            if password:
+                reason = reason.replace(password, "***")
+            raise OperationalError(f"cannot connect to {self.path}: {reason}") from None
         self._pool = ConnectionPool(
             self.url,
             min_size=1,
@@ -214,11 +225,15 @@ class PostgresStore:
         conn.autocommit = True
         if self.schema:  # from the URL: passed as a quoted identifier, never pasted into SQL
             schema = sql.Identifier(self.schema)
-            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema))
+            if not self.readonly:  # a reader never creates anything: a missing schema is "no CelFlow schema"
+                # two processes creating it at once: the loser gets a unique violation, not "already exists"
+                with contextlib.suppress(psycopg.errors.UniqueViolation):
+                    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema))
             conn.execute(sql.SQL("SET search_path TO {}").format(schema))
         if self.readonly:
-            conn.execute("SET default_transaction_read_only = on")
-        conn.execute(_STAGING)
+            conn.execute("SET default_transaction_read_only = on")  # which refuses even a temporary table
+        else:
+            conn.execute(_STAGING)
         conn.autocommit = False
 
     @contextlib.contextmanager
@@ -262,7 +277,13 @@ class PostgresStore:
             if self.readonly:
                 raise SchemaVersionError(f"{self.path} has no CelFlow schema yet; open it once for writing")
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_INSERT_LOCK + 1,))
-            if conn.execute("SELECT to_regclass('celflow_meta') IS NOT NULL").fetchone()[0]:
+            # pg_class, not to_regclass: the name lookup's cache still says "no such table" when another
+            # process created it while this one waited for the lock ("relation celflow_meta already exists")
+            created = conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM pg_class WHERE relname = 'celflow_meta' "
+                "AND relnamespace = current_schema()::regnamespace)"
+            ).fetchone()[0]
+            if created:
                 return  # another process created it meanwhile
             for statement in _SCHEMA:
                 conn.execute(statement)
@@ -283,17 +304,24 @@ class PostgresStore:
         finally:
             self._local.seconds = previous
 
-    def _ensure_days(self, conn: Any, days: set[int]) -> None:
-        """Create the day partitions ``days`` that do not exist yet."""
+    def _ensure_days(self, days: set[int]) -> None:
+        """Create the day partitions ``days`` that do not exist yet, in a transaction of their own.
+
+        Creating a partition locks all of ``events`` until the commit. Inside a batch's transaction
+        that lock was held while waiting for the move's advisory lock, whose holder waited for
+        ``events``: concurrent writers deadlocked.
+        """
         missing = days - self._known_days
         if not missing:
             return
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_INSERT_LOCK + 2,))
-        for day in sorted(missing):
-            conn.execute(
-                f"CREATE TABLE IF NOT EXISTS events_d{int(day)} PARTITION OF events "
-                f"FOR VALUES FROM ({int(day) * DAY}) TO ({(int(day) + 1) * DAY})"
-            )
+        with self._conn() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_INSERT_LOCK + 2,))
+            for day in sorted(missing):
+                conn.execute(
+                    f"CREATE TABLE IF NOT EXISTS events_d{int(day)} PARTITION OF events "
+                    f"FOR VALUES FROM ({int(day) * DAY}) TO ({(int(day) + 1) * DAY})"
+                )
+        self._known_days |= missing
 
     def insert_events(self, rows: Sequence[Row], *, want_ids: bool = True) -> InsertResult:
         """COPY the batch in, then move it into ``events`` skipping duplicates, in one transaction."""
@@ -302,8 +330,8 @@ class PostgresStore:
         if not rows:
             return InsertResult([] if want_ids else None, 0, 0)
         days = {int(row.timestamp // DAY) for row in rows}
+        self._ensure_days(days)
         with self._conn() as conn:
-            self._ensure_days(conn, days)
             with conn.cursor().copy(
                 "COPY celflow_staging (ord, timestamp, event_type, action, source, data_json, data_compressed, hash) "
                 "FROM STDIN"

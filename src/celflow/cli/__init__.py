@@ -53,10 +53,11 @@ def _register() -> None:
     from .dashboard import dashboard
     from .db import db
     from .events import events
+    from .migrate import migrate
     from .run import run
     from .worker import ingest_worker
 
-    for command in (run, events, db, config, dashboard, ingest_worker):
+    for command in (run, events, db, config, dashboard, migrate, ingest_worker):
         cli.add_command(command)
 
 

@@ -160,7 +160,12 @@ def _encode_stdlib(data: object) -> bytes:
         raise ValidationError(f"{where} is not a finite number (JSON has no NaN/Infinity)", field="data") from None
     except TypeError as exc:
         raise ValidationError(_describe(data) or str(exc), field="data") from None
-    return text.encode()
+    try:
+        return text.encode()
+    except UnicodeEncodeError as exc:  # the standard library writes lone surrogates; orjson refuses them
+        raise ValidationError(
+            f"data holds text that is not valid Unicode (a lone surrogate): {exc}", field="data"
+        ) from None
 
 
 def _describe(data: object) -> str | None:

@@ -345,6 +345,9 @@ def _row(event: Mapping[str, Any], options: EncodingOptions, now: float | None) 
     if len(encoded) > options.compression_threshold:
         packed = _zstd_compressor(options.compression_level).compress(encoded)
         if len(packed) < len(encoded):
+            # compress() allocates compressBound(input) and returns the object at its full
+            # allocation: a queued row would hold about its uncompressed size. A copy is its size.
+            packed = bytes(memoryview(packed))
             return _new_row(Row, (ts, event_type, action, source, None, packed, digest))
     return _new_row(Row, (ts, event_type, action, source, encoded.decode(), None, digest))
 

@@ -304,15 +304,7 @@ QUEUE_MEMORY_BYTES = 8 * MiB
 @pytest.mark.parametrize(
     "kind",
     [
-        pytest.param(
-            "compressed",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="zstandard's compress() returns a bytes object allocated at compressBound(input): "
-                "a queued compressed row holds about its uncompressed size (~25x its account here) until "
-                "prepare_event copies it to its size (bytes(memoryview(packed)))",
-            ),
-        ),
+        "compressed",
         "text",
     ],
 )

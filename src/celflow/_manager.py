@@ -140,7 +140,11 @@ class EventPersistenceManager:
         await asyncio.to_thread(writer.stop)
         database.close()
         log.info(
-            "stopped: %d events stored, %d duplicates, %d dropped", writer.stored, writer.duplicates, writer.dropped
+            "stopped: %d events stored, %d duplicates, %d dropped, %d lost",
+            writer.stored,
+            writer.duplicates,
+            writer.dropped,
+            writer.lost,
         )
 
     async def __aenter__(self) -> EventPersistenceManager:

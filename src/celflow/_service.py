@@ -8,11 +8,14 @@ import logging
 import logging.handlers
 import os
 import signal
+import sys
+import time
 from typing import Any
 
 import orjson
 
 from ._config import Config, LoggingConfig
+from ._exceptions import OperationalError
 from ._files import ensure_private_dir
 from ._manager import EventPersistenceManager
 from .capture.filesystem import FileSystemCapture
@@ -28,10 +31,23 @@ log = logging.getLogger("celflow")
 class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
     """A rotating log whose files are created 0600 whatever the umask."""
 
+    _last_complaint = 0.0
+
     def _open(self) -> Any:
         fd = os.open(self.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         os.fchmod(fd, 0o600)
         return open(fd, self.mode, encoding=self.encoding, errors=self.errors)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        """A full or failing disk loses log lines, not the service: one line on stderr a minute, no traceback."""
+        exc = sys.exc_info()[1]
+        if not isinstance(exc, OSError):
+            super().handleError(record)
+            return
+        now = time.monotonic()
+        if now - self._last_complaint >= 60:
+            self._last_complaint = now
+            sys.stderr.write(f"celflow: cannot write the log file {self.baseFilename}: {exc.strerror or exc}\n")
 
 
 def setup_logging(settings: LoggingConfig, data_dir: str) -> None:
@@ -121,6 +137,12 @@ async def serve(config: Config, stop: asyncio.Event | None = None, *, status_int
         for source in sources:
             source.stop()
         await manager.stop()
+        lost = manager.get_stats()["lost"]
+        if lost:
+            log.error("stopped: %d accepted events could not be written (see the errors above)", lost)
+            raise OperationalError(
+                f"{lost} accepted events could not be written before the stop (the disk kept failing; see the log)"
+            )
         log.info("stopped cleanly")
 
 

@@ -22,8 +22,8 @@ from typing import Any
 
 import httpx
 import pytest
-from _faults import Fiu, Workers, acked, fiu_tools, inspect, mount_tmpfs, ranges, read_json, wait_for, worker
 
+from _faults import Fiu, Workers, acked, fiu_tools, inspect, mount_tmpfs, ranges, read_json, wait_for, worker
 from _reliability import Record, trials
 
 CELFLOW = str(Path(sys.executable).parent / "celflow")

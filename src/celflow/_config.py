@@ -39,6 +39,9 @@ class PersistenceConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     """The seed's ``persistence`` section, and the settings CelFlow adds to it."""
 
     database_path: str = "data/events.db"
+    #: A PostgreSQL database (``postgresql://user@host/db``) to store in instead of the file at
+    #: ``database_path`` (whose folder still holds the token, the log and service.json).
+    database_url: str = ""
     batch_size: Annotated[int, Meta(ge=1, le=100_000)] = 100
     batch_timeout: Annotated[float, Meta(gt=0, le=3600)] = 5.0
     #: Days to keep events; 0 keeps them forever.

@@ -51,7 +51,7 @@ def writable_target(target: Path, *, force: bool, source: str | os.PathLike[str]
 
     Never a live database: not the ``source`` being read, nor any file with a WAL beside it.
     """
-    if target.exists() and source is not None and os.path.samefile(target, source):
+    if target.exists() and source is not None and os.path.exists(source) and os.path.samefile(target, source):
         raise ExportError(f"{target} is the database being read; give another file name")
     if Path(f"{target}-wal").exists():
         raise ExportError(f"{target} is a database in use (it has a WAL); give another file name")

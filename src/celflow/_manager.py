@@ -20,6 +20,7 @@ from ._encoding import EncodingOptions, Row, prepare_batch, prepare_event
 from ._exceptions import ManagerStateError, QueueFullError
 from ._lock import WriterLock
 from ._privacy import PrivacyRules
+from ._storage import is_postgres_url
 from ._types import EventQuery
 from ._writer import BatchWriter, Overflow
 
@@ -65,6 +66,11 @@ class EventPersistenceManager:
         self._removed = 0
         self._last_cleanup: float | None = None
 
+    @property
+    def location(self) -> str:
+        """Where events go: ``database_url`` when set, else the file at ``database_path``."""
+        return self.settings.database_url or self.settings.database_path
+
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -72,16 +78,19 @@ class EventPersistenceManager:
         if self.state is not ManagerState.UNSTARTED:
             raise ManagerStateError(f"the manager is {self.state.value}; a manager starts only once")
         settings = self.settings
-        # Check before opening for writing: a read-write connection may checkpoint the WAL into a
-        # damaged file when it closes. The lock keeps another writer out meanwhile.
-        lock = WriterLock(settings.database_path)
-        if os.path.exists(settings.database_path):
+        location = self.location
+        # Check a file before opening it for writing: a read-write connection may checkpoint the
+        # WAL into a damaged file when it closes. The lock keeps another writer out meanwhile.
+        file = not is_postgres_url(location)
+        lock = WriterLock(location)
+        if file and os.path.exists(location):
             lock.acquire()
         try:
-            await asyncio.to_thread(preflight, settings.database_path, durability=settings.durability)
+            if file:
+                await asyncio.to_thread(preflight, location, durability=settings.durability)
             database = await asyncio.to_thread(
                 EventDatabase,
-                settings.database_path,
+                location,
                 durability=settings.durability,
                 compression_threshold=settings.compression_threshold,
                 max_event_bytes=settings.max_event_bytes,
@@ -114,7 +123,7 @@ class EventPersistenceManager:
         self._tasks.append(asyncio.create_task(self._maintenance_loop(), name="celflow-maintenance"))
         if settings.stats_interval > 0:
             self._tasks.append(asyncio.create_task(self._stats_loop(), name="celflow-system-stats"))
-        log.info("storing events in %s (%d already there)", settings.database_path, self._events_at_start)
+        log.info("storing events in %s (%d already there)", database.store.path, self._events_at_start)
         if self.options.privacy is not None:
             rules = self.config.privacy  # counts only: a rule's text could name what it hides
             log.info(
@@ -230,8 +239,9 @@ class EventPersistenceManager:
     def get_stats(self) -> dict[str, Any]:
         """Counters of this run and the database's size (cheap: no table scan)."""
         writer = self._writer
-        path = self.settings.database_path
-        sizes = self.database.store.sizes() if self.database is not None else {}
+        path = self.database.store.path if self.database is not None else self.location
+        running = self.database is not None and self.state is ManagerState.RUNNING
+        sizes = self.database.store.sizes() if running and self.database is not None else {}
         uptime = time.time() - self._started_at if self._started_at else 0.0
         stored = writer.stored if writer else 0
         batches = writer.batches if writer else 0

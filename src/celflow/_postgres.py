@@ -39,6 +39,7 @@ from ._exceptions import (
     ValidationError,
 )
 from ._sqlite import decode_cursor, encode_cursor
+from ._storage import is_postgres_url
 from ._types import EventQuery, InsertResult, Pattern, StoredEvent, SystemStats
 
 try:
@@ -135,11 +136,6 @@ _MOVE = (
     "event_type, source"
 )
 _INSERT_LOCK = 0x43454C46  # pg_advisory_xact_lock key of the move step ("CELF")
-
-
-def is_postgres_url(location: str) -> bool:
-    """Whether ``location`` names a PostgreSQL database (``postgresql://`` or ``postgres://``)."""
-    return location.startswith(("postgresql://", "postgres://"))
 
 
 def _split_schema(url: str) -> tuple[str, str | None]:

@@ -14,7 +14,12 @@ from typing import Any, Literal, Protocol
 from ._encoding import Row
 from ._types import EventQuery, InsertResult, Pattern, StoredEvent, SystemStats
 
-__all__ = ["EventStore", "open_store"]
+__all__ = ["EventStore", "is_postgres_url", "open_store"]
+
+
+def is_postgres_url(location: str) -> bool:
+    """Whether ``location`` names a PostgreSQL database (``postgresql://`` or ``postgres://``)."""
+    return location.startswith(("postgresql://", "postgres://"))
 
 
 class EventStore(Protocol):
@@ -105,10 +110,14 @@ class EventStore(Protocol):
 def open_store(
     location: str | os.PathLike[str], *, readonly: bool = False, durability: Literal["normal", "full"] = "normal"
 ) -> EventStore:
-    """Open the backend a location names: a path or ``sqlite:///path`` is SQLite."""
+    """Open the backend a location names: a path or ``sqlite:///path`` is SQLite, a
+    ``postgresql://`` (or ``postgres://``) URL is PostgreSQL."""
+    from ._postgres import PostgresStore
     from ._sqlite import SQLiteStore
 
     path = os.fspath(location)
+    if is_postgres_url(path):
+        return PostgresStore(path, readonly=readonly)
     if path.startswith("sqlite:///"):
         path = path[len("sqlite:///") :]
     return SQLiteStore(path, readonly=readonly, durability=durability)

@@ -20,6 +20,7 @@ from rich.table import Table
 from .._database import EventDatabase, make_query
 from .._exceptions import ServiceError
 from .._export import EXPORT_FORMATS, IMPORT_FORMATS, export_events, import_events
+from .._storage import is_postgres_url
 from .._types import StoredEvent
 from . import State
 
@@ -31,9 +32,23 @@ __all__ = ["events"]
 console = Console(highlight=False)
 
 
-def _open(state: State, db: Path | None) -> EventDatabase:
-    path = db if db is not None else Path(state.load()[0].persistence.database_path)
-    return EventDatabase(path, readonly=True)
+def _location(state: State, db: str | None) -> str:
+    """``--db``, else ``persistence.database_url``, else ``persistence.database_path``."""
+    if db is not None:
+        return db
+    settings = state.load()[0].persistence
+    return settings.database_url or settings.database_path
+
+
+def _data_dir(state: State, location: str) -> Path:
+    """The data folder (token, service.json): the database file's, or database_path's for a URL."""
+    if is_postgres_url(location):
+        return Path(state.load()[0].persistence.database_path).parent
+    return Path(location).parent
+
+
+def _open(state: State, db: str | None) -> EventDatabase:
+    return EventDatabase(_location(state, db), readonly=True)
 
 
 def _when(ts: float | None) -> str:
@@ -71,8 +86,7 @@ def _event_table(rows: list[StoredEvent], title: str) -> Table:
 
 db_option = click.option(
     "--db",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Database file (default: persistence.database_path, data/events.db).",
+    help="Database file or postgresql:// URL (default: persistence.database_url, else database_path).",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of tables.")
 
@@ -100,7 +114,7 @@ def events() -> None:
 @db_option
 @json_option
 @click.pass_obj
-def stats(state: State, db: Path | None, as_json: bool) -> None:
+def stats(state: State, db: str | None, as_json: bool) -> None:
     """Show database statistics: counts, time span, sizes, types and sources."""
     with _open(state, db) as database:
         info = database.get_database_stats()
@@ -143,7 +157,7 @@ def stats(state: State, db: Path | None, as_json: bool) -> None:
 @click.pass_obj
 def list_events(
     state: State,
-    db: Path | None,
+    db: str | None,
     hours: float | None,
     event_type: str | None,
     source: str | None,
@@ -176,7 +190,7 @@ def list_events(
 def search(
     state: State,
     text: str,
-    db: Path | None,
+    db: str | None,
     hours: float | None,
     event_type: str | None,
     source: str | None,
@@ -224,7 +238,7 @@ def _progress(what: str, total: int | None) -> Iterator[Callable[[int], None] | 
 def export(
     state: State,
     output: Path,
-    db: Path | None,
+    db: str | None,
     hours: float | None,
     event_type: str | None,
     source: str | None,
@@ -252,11 +266,11 @@ def export(
 @click.option("--format", "fmt", type=click.Choice(IMPORT_FORMATS), help="Default: from SOURCE's extension.")
 @json_option
 @click.pass_obj
-def import_(state: State, source: Path, db: Path | None, fmt: str | None, as_json: bool) -> None:
+def import_(state: State, source: Path, db: str | None, fmt: str | None, as_json: bool) -> None:
     """Import events from SOURCE: a CelFlow export (json, jsonl, csv, parquet) or an ActivityWatch
     export (--format activitywatch). Importing the same file twice stores nothing new."""
     settings = state.load()[0]  # with --db too: the privacy rules apply to imported events
-    path = db if db is not None else Path(settings.persistence.database_path)
+    path = _location(state, db)
     limits = settings.persistence
     with (
         EventDatabase(
@@ -298,7 +312,7 @@ def import_(state: State, source: Path, db: Path | None, fmt: str | None, as_jso
 @click.pass_obj
 def replay(
     state: State,
-    db: Path | None,
+    db: str | None,
     hours: float | None,
     event_type: str | None,
     source: str | None,
@@ -370,7 +384,7 @@ def _line(event: dict[str, Any], as_json: bool) -> str:
 @click.pass_obj
 def tail(
     state: State,
-    db: Path | None,
+    db: str | None,
     count: int,
     follow: bool,
     event_type: str | None,
@@ -386,12 +400,13 @@ def tail(
     """
     from ..client import Client  # httpx and websockets load only for this command
 
-    path = db if db is not None else Path(state.load()[0].persistence.database_path)
+    path = _location(state, db)
+    data_dir = _data_dir(state, path)
     filters = {"event_type": event_type, "source": source, "action": action}
     client: Client | None = None
-    if url is not None or (path.parent / "service.json").exists():
+    if url is not None or (data_dir / "service.json").exists():
         try:
-            client = Client(url, data_dir=str(path.parent))
+            client = Client(url, data_dir=str(data_dir))
             client.health()
         except ServiceError as exc:
             if url is not None:
@@ -423,7 +438,7 @@ def _tail_service(client: Client, count: int, follow: bool, filters: dict[str, A
             click.echo(_line(event, as_json))
 
 
-def _tail_database(path: Path, count: int, follow: bool, filters: dict[str, Any], as_json: bool) -> None:
+def _tail_database(path: str, count: int, follow: bool, filters: dict[str, Any], as_json: bool) -> None:
     with EventDatabase(path, readonly=True) as database:
         start = database.store.last_id()  # before the newest events: nothing committed later is missed
         recent = database.query(limit=count, **filters).events if count else []

@@ -8,13 +8,14 @@ import click
 
 from .._exceptions import ConfigError
 from .._service import run_service
+from .._storage import is_postgres_url
 from . import State
 
 __all__ = ["run"]
 
 
 @click.command()
-@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), help="Database file (default: data/events.db).")
+@click.option("--db", help="Database file or postgresql:// URL (default: data/events.db).")
 @click.option("--fs/--no-fs", "filesystem", default=None, help="Capture file events (default: on).")
 @click.option("--processes/--no-processes", default=None, help="Capture process start/exit (default: on).")
 @click.option("--watch", "paths", multiple=True, type=click.Path(path_type=Path), help="Folder to watch (repeatable).")
@@ -24,7 +25,7 @@ __all__ = ["run"]
 @click.pass_obj
 def run(
     state: State,
-    db: Path | None,
+    db: str | None,
     filesystem: bool | None,
     processes: bool | None,
     paths: tuple[Path, ...],
@@ -39,7 +40,8 @@ def run(
     """
     settings, _ = state.load(
         {
-            "persistence.database_path": str(db) if db is not None else None,
+            "persistence.database_path": db if db is not None and not is_postgres_url(db) else None,
+            "persistence.database_url": db if db is not None and is_postgres_url(db) else None,
             "capture.filesystem": filesystem,
             "capture.processes": processes,
             "capture.paths": [str(p) for p in paths] if paths else None,

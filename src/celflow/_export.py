@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import json
 import os
 import sys
 import tempfile
@@ -21,7 +22,7 @@ from typing import Any, BinaryIO, Literal
 import orjson
 
 from ._database import EventDatabase
-from ._encoding import prepare_each
+from ._encoding import encode_data, prepare_each
 from ._exceptions import ExportError, ValidationError
 from ._types import StoredEvent
 
@@ -44,6 +45,14 @@ BATCH = 5000
 PARQUET_ROWS = 16_384  # events per Parquet row group: what an export holds in memory at once
 MAX_REJECTS_LISTED = 1000
 Progress = Callable[[int], None]
+
+
+def _dumps(value: Any) -> bytes:
+    """JSON of an exported event; data with integers past 64 bits (which orjson refuses) exactly too."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def writable_target(target: Path, *, force: bool, source: str | os.PathLike[str] | None = None) -> Path:
@@ -157,14 +166,14 @@ def export_events(
             f.write(b"[")
             for event in events:
                 f.write(b"\n" if count == 0 else b",\n")
-                f.write(orjson.dumps(event.to_dict()))
+                f.write(_dumps(event.to_dict()))
                 count += 1
                 if progress and count % 1000 == 0:
                     progress(1000)
             f.write(b"\n]\n" if count else b"]\n")
         elif fmt == "jsonl":
             for event in events:
-                f.write(orjson.dumps(event.to_dict(), option=orjson.OPT_APPEND_NEWLINE))
+                f.write(_dumps(event.to_dict()) + b"\n")
                 count += 1
                 if progress and count % 1000 == 0:
                     progress(1000)
@@ -191,7 +200,7 @@ def export_json(database: EventDatabase, output: str | os.PathLike[str], *, forc
 
 
 def _csv_row(event: StoredEvent) -> list[Any]:
-    data = orjson.dumps(event.data, option=orjson.OPT_SORT_KEYS).decode()
+    data = encode_data(event.data).decode()
     return [
         event.id,
         repr(event.timestamp),
@@ -238,7 +247,7 @@ def _write_parquet(f: BinaryIO, events: Iterable[StoredEvent], pa: Any, pq: Any,
             columns["event_type"].append(event.event_type)
             columns["action"].append(event.action)
             columns["source"].append(event.source)
-            columns["data"].append(orjson.dumps(event.data, option=orjson.OPT_SORT_KEYS).decode())
+            columns["data"].append(encode_data(event.data).decode())
             columns["hash"].append(event.hash)
             columns["processed"].append(event.processed)
             columns["created_at"].append(event.created_at)

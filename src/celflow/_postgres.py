@@ -27,9 +27,8 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import msgspec
-import orjson
 
-from ._encoding import Row, _zstd_compressor, data_text, decode_data
+from ._encoding import Row, _zstd_compressor, data_text, decode_data, encode_data
 from ._exceptions import (
     DatabaseClosedError,
     OperationalError,
@@ -634,7 +633,7 @@ class PostgresStore:
     ) -> int:
         """Store a pattern; return its id."""
         _check_int64(event_id, "event_id")
-        text = orjson.dumps(pattern_data, option=orjson.OPT_SORT_KEYS).decode()
+        text = encode_data(pattern_data).decode()  # integers past 64 bits too
         with self._conn() as conn:
             row = conn.execute(
                 "INSERT INTO patterns (event_id, pattern_type, confidence, pattern_data, embryo_id) "

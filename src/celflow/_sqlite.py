@@ -15,10 +15,9 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import msgspec
-import orjson
 
 from . import _schema
-from ._encoding import MAX_SEARCH_LENGTH, Row, _check_text, data_text, decode_data
+from ._encoding import MAX_SEARCH_LENGTH, Row, _check_text, data_text, decode_data, encode_data
 from ._exceptions import (
     CorruptDatabaseError,
     DatabaseClosedError,
@@ -720,7 +719,7 @@ class SQLiteStore:
         self, pattern_type: str, confidence: float, pattern_data: Any, *, event_id: int | None, embryo_id: str | None
     ) -> int:
         """Store a pattern found by the host AI; return its id."""
-        text = orjson.dumps(pattern_data, option=orjson.OPT_SORT_KEYS).decode()
+        text = encode_data(pattern_data).decode()  # integers past 64 bits too
         with self.transaction() as conn:
             cur = conn.execute(
                 "INSERT INTO patterns (event_id, pattern_type, confidence, pattern_data, embryo_id) "

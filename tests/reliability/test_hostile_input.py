@@ -853,9 +853,6 @@ def test_integers_past_64_bits_are_stored_exactly_over_http(live: LiveService) -
     assert event["data"] == {"n": 123456789012345678901234567890, "m": -18446744073709551617}
 
 
-@pytest.mark.xfail(
-    strict=True, reason="defect: SQLiteStore.insert_pattern writes pattern_data with orjson (64-bit integers)"
-)
 def test_a_pattern_with_an_integer_past_64_bits_is_stored(tmp_path: Path) -> None:
     """store_pattern accepts what validation accepts: pattern data holding an integer past 64 bits is stored exactly."""
     with EventDatabase(tmp_path / "events.db") as database:

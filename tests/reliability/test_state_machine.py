@@ -531,7 +531,6 @@ def test_random_histories_keep_the_invariants(tmp_path: Path, record: Record) ->
         )
 
 
-@pytest.mark.xfail(strict=True, reason="defect: export_events writes with orjson, which refuses integers past 64 bits")
 def test_export_keeps_integers_beyond_64_bits(tmp_path: Path) -> None:
     """An event whose data holds an integer past 64 bits (stored exactly) exports exactly too."""
     with EventDatabase(tmp_path / "events.db") as database:

@@ -83,6 +83,7 @@ def _fill(path: Path, n: int = N_EVENTS) -> None:
         db.store_pattern("orphan", 0.25, {"why": None}, event_id=None)
         db.store_pattern("twin", 0.9, [1, 2, 3])
         db.store_pattern("twin", 0.9, [1, 2, 3])
+        db.store_pattern("wide", 0.75, {"big": 2**70, "f": -0.0, "u": "ü"})
         for k in range(5):
             db.record_system_stats(
                 timestamp=T0 + k * 60, total_events=k * 100, events_per_second=k / 3, active_embryos=k, storage_mb=1.5
@@ -144,7 +145,7 @@ def source_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _check_first_run(report: MigrationReport) -> None:
     assert (report.events_read, report.events_copied, report.events_already_there) == (N_EVENTS, N_EVENTS, 0)
-    assert (report.patterns_copied, report.patterns_already_there, report.patterns_unlinked) == (13, 0, 0)
+    assert (report.patterns_copied, report.patterns_already_there, report.patterns_unlinked) == (14, 0, 0)
     assert (report.system_stats_copied, report.system_stats_already_there) == (6, 0)
     assert report.target_events_before == 0 and report.target_events_after == N_EVENTS
     assert report.events_rejected == 0
@@ -152,7 +153,7 @@ def _check_first_run(report: MigrationReport) -> None:
 
 def _check_second_run(report: MigrationReport) -> None:
     assert (report.events_copied, report.events_already_there) == (0, N_EVENTS)
-    assert (report.patterns_copied, report.patterns_already_there) == (0, 13)
+    assert (report.patterns_copied, report.patterns_already_there) == (0, 14)
     assert (report.system_stats_copied, report.system_stats_already_there) == (0, 6)
 
 
@@ -208,12 +209,12 @@ def test_a_target_with_other_data_is_merged(source_file: Path, tmp_path: Path) -
     report = migrate_history(source_file, target)
     assert report.target_events_before == 140 and report.target_events_after == 100 + N_EVENTS
     assert (report.events_copied, report.events_already_there) == (N_EVENTS - 40, 40)
-    assert (report.patterns_copied, report.patterns_already_there) == (12, 1)
+    assert (report.patterns_copied, report.patterns_already_there) == (13, 1)
     merged = _snapshot_of(str(target))
     assert set(_snapshot_of(str(source_file))["events"]) <= set(merged["events"])
     assert len(merged["events"]) == len(set(merged["events"])) == 100 + N_EVENTS
     assert set(_snapshot_of(str(source_file))["patterns"]) <= set(merged["patterns"])  # linked to the same events
-    assert len(merged["patterns"]) == 13
+    assert len(merged["patterns"]) == 14
 
 
 def test_other_url_parameters_reach_the_server(tmp_path: Path, pg_url: str) -> None:
@@ -294,7 +295,7 @@ def test_cli_migrates_with_json_counts(source_file: Path, pg_url: str) -> None:
     assert first.returncode == 0, first.stderr
     counts = json.loads(first.stdout)
     assert counts["events_copied"] == N_EVENTS and counts["events_already_there"] == 0
-    assert counts["patterns_copied"] == 13 and counts["system_stats_copied"] == 6 and counts["rejects"] == []
+    assert counts["patterns_copied"] == 14 and counts["system_stats_copied"] == 6 and counts["rejects"] == []
     assert counts["target"] == pg_url
     second = run_cli("migrate", "--from", str(source_file), "--to", pg_url, "--json")
     assert second.returncode == 0, second.stderr

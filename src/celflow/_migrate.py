@@ -20,8 +20,6 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-import orjson
-
 from ._encoding import Row, _zstd_compressor, encode_data, prepare_event
 from ._exceptions import PersistenceError, ValidationError
 from ._postgres import _shown, _split_schema, is_postgres_url
@@ -231,7 +229,7 @@ def _target_id(src: EventStore, dst: EventStore, event_id: int) -> int | None:
 
 
 def _pattern_key(p: Pattern, event_id: int | None) -> Hashable:
-    data = orjson.dumps(p.pattern_data, option=orjson.OPT_SORT_KEYS)
+    data = encode_data(p.pattern_data)  # canonical JSON, integers past 64 bits too
     return (p.pattern_type, p.confidence, data, p.embryo_id, event_id)
 
 

@@ -111,12 +111,8 @@ def _snapshot(store: EventStore) -> dict[str, list[str]]:
     }
 
 
-def _opened(location: str, *, readonly: bool = True) -> EventStore:
-    return (
-        PostgresStore(location, readonly=readonly)
-        if location.startswith("postgresql")
-        else open_store(location, readonly=readonly)
-    )
+def _opened(location: str) -> EventStore:
+    return open_store(location, readonly=True)
 
 
 def _snapshot_of(location: str) -> dict[str, list[str]]:

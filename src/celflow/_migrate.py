@@ -90,9 +90,9 @@ def migrate_history(
             field="target",
         )
     started = time.perf_counter()
-    src = _open(src_location, readonly=True)
+    src = open_store(src_location, readonly=True)
     try:
-        dst = _open(dst_location, readonly=False)
+        dst = open_store(dst_location, readonly=False)
         try:
             report = MigrationReport(source=src.path, target=dst.path)
             report.target_events_before = dst.count_events(EventQuery())
@@ -106,14 +106,6 @@ def migrate_history(
         src.close()
     report.seconds = time.perf_counter() - started
     return report
-
-
-def _open(location: str, *, readonly: bool) -> EventStore:
-    if is_postgres_url(location):  # open_store names SQLite only so far; the URL picks the backend here
-        from ._postgres import PostgresStore
-
-        return PostgresStore(location, readonly=readonly)
-    return open_store(location, readonly=readonly)
 
 
 def _sqlite_path(location: str) -> str:

@@ -190,7 +190,7 @@ class PostgresStore:
         try:
             psycopg.connect(self.url, connect_timeout=10).close()
         except psycopg.Error as exc:
-            reason = str(exc).strip()
+            reason = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())  # one line
             password = urlsplit(url).password
             if password:
                 reason = reason.replace(password, "***")

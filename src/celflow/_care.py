@@ -437,9 +437,16 @@ def preflight(path: str | os.PathLike[str], *, durability: str = "full") -> None
     if wal.damaged and durability == "full":
         raise CorruptDatabaseError(f"{path} is damaged ({wal.describe()}){hint}")
     if wal.damaged:
-        aside = f"{path}-wal.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
-        shutil.copyfile(path + "-wal", aside)
-        os.chmod(aside, 0o600)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside, n = f"{path}-wal.damaged-{stamp}", 1
+        while os.path.exists(aside):  # never replace an earlier copy
+            n += 1
+            aside = f"{path}-wal.damaged-{stamp}-{n}"
+        fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        with open(path + "-wal", "rb") as source, os.fdopen(fd, "wb") as copy:
+            shutil.copyfileobj(source, copy)  # plain reads and writes (copyfile's sendfile escapes write tracing)
+            copy.flush()
+            os.fsync(copy.fileno())
         log.warning(
             "%s: %s. With durability 'normal' a power cut can leave this; those commits are not applied. "
             "The WAL as it was is kept as %s",

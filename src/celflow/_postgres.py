@@ -37,8 +37,8 @@ from ._exceptions import (
     SchemaVersionError,
     ValidationError,
 )
-from ._sqlite import decode_cursor, encode_cursor
-from ._storage import is_postgres_url
+from ._sqlite import _like_pattern, decode_cursor, encode_cursor
+from ._storage import COUNTED_COLUMNS, counter_for, is_postgres_url
 from ._types import EventQuery, InsertResult, Pattern, StoredEvent, SystemStats
 
 try:
@@ -54,7 +54,6 @@ __all__ = ["PostgresStore", "is_postgres_url"]
 SCHEMA_VERSION = 1
 DAY = 86_400
 _GROUP_COLUMNS = ("event_type", "source", "action")
-_COUNTED = ("event_type", "source")
 _INT64 = 2**63
 #: jsonb would not give these back as written: a float with an exponent (1e16 -> 10000000000000000,
 #: an int), -0.0, or a NUL character (refused). Matching inside a string only costs jsonb for that row.
@@ -159,11 +158,6 @@ def _shown(url: str) -> str:
 def _check_int64(value: int | None, field: str) -> None:
     if value is not None and not -_INT64 <= value < _INT64:
         raise ValidationError(f"{field} {value} is too large: ids are 64-bit integers", field=field)
-
-
-def _like_pattern(text: str) -> str:
-    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
 
 
 def _row_to_event(row: Sequence[Any]) -> StoredEvent:
@@ -448,7 +442,7 @@ class PostgresStore:
 
     def count_events(self, query: EventQuery) -> int:
         """How many events match ``query``."""
-        counter = self._counter(query, None)
+        counter = counter_for(query, None)
         if counter is not None:
             return sum(self._counted(query, *counter, group="all").values())
         where, params = self._where(msgspec.structs.replace(query, cursor=None))
@@ -459,7 +453,7 @@ class PostgresStore:
         if field not in _GROUP_COLUMNS:
             raise ValidationError(f"cannot group by {field!r}; use one of {', '.join(_GROUP_COLUMNS)}")
         column = field  # one of the fixed names above
-        counter = self._counter(query, column)
+        counter = counter_for(query, column)
         if counter is not None:
             counts = self._counted(query, *counter, group="name")
             return dict(sorted(((k, n) for k, n in counts.items() if n > 0), key=lambda kv: -kv[1]))
@@ -469,7 +463,7 @@ class PostgresStore:
 
     def histogram(self, bucket: float, query: EventQuery) -> list[tuple[float, int]]:
         """Counts per time bucket of ``bucket`` seconds, oldest first."""
-        counter = self._counter(query, None) if bucket % 60 == 0 else None
+        counter = counter_for(query, None) if bucket % 60 == 0 else None
         if counter is not None:
             counts = self._counted(query, *counter, group="bucket", bucket=bucket)
             return [(b * bucket, n) for b, n in sorted(counts.items()) if n > 0]
@@ -479,22 +473,6 @@ class PostgresStore:
             [bucket, *params],
         )
         return [(b * bucket, int(n)) for b, n in rows]
-
-    @staticmethod
-    def _counter(query: EventQuery, group: str | None) -> tuple[str, str | None] | None:
-        if query.search is not None or query.action is not None:
-            return None
-        if query.event_type is not None and query.source is not None:
-            return None
-        if query.event_type is not None:
-            kind, name = "event_type", query.event_type
-        elif query.source is not None:
-            kind, name = "source", query.source
-        else:
-            kind, name = (group or "event_type"), None
-        if kind not in _COUNTED or (group is not None and group != kind):
-            return None
-        return kind, name
 
     def _counted(
         self, query: EventQuery, kind: str, name: str | None, *, group: str, bucket: float = 60.0
@@ -545,7 +523,7 @@ class PostgresStore:
         """Recount the per-minute counters from the events."""
         with self._conn() as conn:
             conn.execute("DELETE FROM event_counts")
-            for kind in _COUNTED:
+            for kind in COUNTED_COLUMNS:
                 conn.execute(
                     f"INSERT INTO event_counts (kind, minute, name, n) SELECT %s, floor(timestamp / 60)::bigint, "
                     f"{kind}, count(*) FROM events GROUP BY 2, 3",

@@ -31,6 +31,7 @@ from ._exceptions import (
 )
 from ._files import ensure_private_dir
 from ._lock import WriterLock
+from ._storage import counter_for
 from ._types import EventQuery, InsertResult, Pattern, StoredEvent, SystemStats
 
 __all__ = ["SQLiteStore", "translate"]
@@ -549,7 +550,7 @@ class SQLiteStore:
 
     def count_events(self, query: EventQuery) -> int:
         """How many events match ``query`` (its order, limit and cursor are ignored)."""
-        counter = self._counter(query, None)
+        counter = counter_for(query, None)
         if counter is not None:
             return sum(self._counted(query, *counter, group="all").values())
         where, params = self._where(msgspec.structs.replace(query, cursor=None))
@@ -560,7 +561,7 @@ class SQLiteStore:
         if field not in _GROUP_COLUMNS:
             raise ValidationError(f"cannot group by {field!r}; use one of {', '.join(_GROUP_COLUMNS)}")
         column = field  # one of the fixed names above: safe to put in the SQL
-        counter = self._counter(query, column)
+        counter = counter_for(query, column)
         if counter is not None:
             counts = self._counted(query, *counter, group="name")
             return dict(sorted(((k, n) for k, n in counts.items() if n > 0), key=lambda kv: -kv[1]))
@@ -572,7 +573,7 @@ class SQLiteStore:
 
     def histogram(self, bucket: float, query: EventQuery) -> list[tuple[float, int]]:
         """Counts of matching events per time bucket of ``bucket`` seconds, oldest first (empty buckets left out)."""
-        counter = self._counter(query, None) if bucket % 60 == 0 else None
+        counter = counter_for(query, None) if bucket % 60 == 0 else None
         if counter is not None:
             counts = self._counted(query, *counter, group="bucket", bucket=bucket)
             return [(b * bucket, n) for b, n in sorted(counts.items()) if n > 0]
@@ -584,23 +585,6 @@ class SQLiteStore:
         return [(b * bucket, n) for b, n in rows]
 
     # -- the per-minute counters (schema v2) ----------------------------------------------------
-
-    @staticmethod
-    def _counter(query: EventQuery, group: str | None) -> tuple[str, str | None] | None:
-        """``(kind, name)`` when the per-minute counters can answer ``query``; else None."""
-        if query.search is not None or query.action is not None:
-            return None
-        if query.event_type is not None and query.source is not None:
-            return None
-        if query.event_type is not None:
-            kind, name = "event_type", query.event_type
-        elif query.source is not None:
-            kind, name = "source", query.source
-        else:
-            kind, name = (group or "event_type"), None
-        if kind not in _schema.COUNTED_COLUMNS or (group is not None and group != kind):
-            return None
-        return kind, name
 
     def _counted(
         self, query: EventQuery, kind: str, name: str | None, *, group: str, bucket: float = 60.0

@@ -14,7 +14,27 @@ from typing import Any, Literal, Protocol
 from ._encoding import Row
 from ._types import EventQuery, InsertResult, Pattern, StoredEvent, SystemStats
 
-__all__ = ["EventStore", "is_postgres_url", "open_store"]
+__all__ = ["EventStore", "counter_for", "is_postgres_url", "open_store"]
+
+#: The columns the per-minute counters (``event_counts``) count by, in every backend.
+COUNTED_COLUMNS = ("event_type", "source")
+
+
+def counter_for(query: EventQuery, group: str | None) -> tuple[str, str | None] | None:
+    """``(kind, name)`` when the per-minute counters can answer ``query`` (grouped by ``group``); else None."""
+    if query.search is not None or query.action is not None:
+        return None
+    if query.event_type is not None and query.source is not None:
+        return None
+    if query.event_type is not None:
+        kind, name = "event_type", query.event_type
+    elif query.source is not None:
+        kind, name = "source", query.source
+    else:
+        kind, name = (group or "event_type"), None
+    if kind not in COUNTED_COLUMNS or (group is not None and group != kind):
+        return None
+    return kind, name
 
 
 def is_postgres_url(location: str) -> bool:

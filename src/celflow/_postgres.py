@@ -570,6 +570,33 @@ class PostgresStore:
         """PostgreSQL's autovacuum reclaims space; dropped days free theirs at once. Returns 0."""
         return 0
 
+    def vacuum(self) -> None:
+        """``VACUUM (ANALYZE)`` every CelFlow table (each day partition too): the ``celflow db vacuum`` of PostgreSQL.
+
+        Unlike SQLite's VACUUM it gives the space of dead rows to the tables' later rows, not to the
+        file system, and writers may go on meanwhile.
+        """
+        if self.readonly:
+            raise PersistenceError(f"{self.path} was opened read-only")
+        with self._conn() as conn:
+            days = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                    "WHERE i.inhparent = 'events'::regclass ORDER BY c.relname"
+                )
+            ]
+            conn.execute("DELETE FROM event_counts WHERE n <= 0")
+        tables = [*days, "patterns", "system_stats", "event_counts"]
+        with self._conn() as conn:
+            conn.commit()  # VACUUM runs outside a transaction
+            conn.autocommit = True
+            try:
+                for table in tables:
+                    conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(sql.Identifier(table)))
+            finally:
+                conn.autocommit = False
+
     def optimize(self) -> None:
         """Drop emptied counters and refresh the planner's statistics."""
         with self._conn() as conn:

@@ -1,5 +1,5 @@
 """The dashboard: its figures on a known dataset, driven headless with Textual's Pilot, and a
-snapshot of its layout."""
+snapshot of its layout; the figures and the app on PostgreSQL too."""
 
 from __future__ import annotations
 
@@ -21,6 +21,9 @@ from textual.widgets import DataTable, Static
 
 from celflow import EventDatabase
 from celflow.dashboard import DashboardApp, DashboardSource, Filters
+from pg_server import pg_url
+
+__all__ = ["pg_url"]  # the fixture, re-exported for pytest
 
 NOW = 1_767_225_600.0 + 13.5 * 3600  # 2026-01-01 13:30 UTC: a fixed clock
 TYPES = ["file_op", "app_focus", "process"]
@@ -40,7 +43,7 @@ def utc() -> Iterator[None]:
     time.tzset()
 
 
-def known_dataset(path: Path) -> None:
+def store_known_dataset(location: str | Path) -> None:
     """60 events in the last hour (20 per type), 30 more earlier today, 40 last week; patterns, stats."""
     events = []
     for i in range(60):
@@ -61,7 +64,7 @@ def known_dataset(path: Path) -> None:
         events.append(
             {"event_type": "network", "source": "browser", "timestamp": NOW - 3 * 86400 - i, "data": {"i": i}}
         )
-    with EventDatabase(path) as db:
+    with EventDatabase(location) as db:
         db.store_events_batch(events)
         for kind, confidence in (("routine", 0.8), ("routine", 0.6), ("anomaly", 0.9)):
             db.store_pattern(kind, confidence, {"kind": kind})
@@ -69,6 +72,11 @@ def known_dataset(path: Path) -> None:
             db.record_system_stats(
                 timestamp=NOW - 600 * (5 - k), total_events=100 * k, active_embryos=2 + k, avg_fitness=0.5 + k / 10
             )
+
+
+def known_dataset(path: Path) -> None:
+    """The known dataset in a SQLite file, its storage times pinned."""
+    store_known_dataset(path)
     # storage times are "now" when written: pin them too, for the snapshot
     with sqlite3.connect(path) as conn:
         conn.execute("UPDATE events SET created_at = '2026-01-01 13:30:00'")
@@ -100,7 +108,22 @@ async def until(pilot: Pilot[None], check: Any, timeout: float = 10) -> None:
 
 
 def test_snapshot_figures_on_a_known_dataset(dataset: Path) -> None:
-    source = DashboardSource(dataset, clock=lambda: NOW)
+    """Every panel's figures on the known dataset in a SQLite file."""
+    check_known_figures(DashboardSource(dataset, clock=lambda: NOW))
+
+
+def test_snapshot_figures_on_postgresql(pg_url: str) -> None:
+    """The same figures from the same events stored in PostgreSQL; the title shows the URL as written."""
+    store_known_dataset(pg_url)
+    source = DashboardSource(pg_url, clock=lambda: NOW)
+    assert source.path == pg_url and source.postgres and source.data_dir is None
+    snap = source.snapshot("hour")
+    assert snap.sizes["database_size_mb"] > 0 and snap.sizes["wal_size_mb"] == 0
+    check_known_figures(source)
+
+
+def check_known_figures(source: DashboardSource) -> None:
+    """The known dataset's figures, in every window and with a filter; closes ``source``."""
     try:
         snap = source.snapshot("hour", wait_total=True)
         assert snap.total == 130
@@ -147,6 +170,40 @@ def test_panels_show_the_figures(dataset: Path) -> None:
             assert "routine" in learning and "0.70" in learning and "embryos 6" in learning
             assert "not running" in text_of(app, "#performance")
             assert app.query_one("#recent", DataTable).row_count == 50
+        source.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_app_on_postgresql(pg_url: str) -> None:
+    """The app, headless, on a PostgreSQL URL: every panel fills, the window key and the filter work."""
+    store_known_dataset(pg_url)
+
+    async def scenario() -> None:
+        source = DashboardSource(pg_url, clock=lambda: NOW)
+        source.total(wait=True)
+        app = DashboardApp(source, interval=0.2)
+        async with app.run_test(size=(180, 50)) as pilot:
+            await until(pilot, lambda: app.refreshes >= 1)
+            assert pg_url in app.sub_title
+            capture = text_of(app, "#capture")
+            assert "130" in capture and "90" in capture and "database (PostgreSQL)" in capture
+            assert "WAL" not in capture
+            assert "file_op" in text_of(app, "#types") and "filesystem" in text_of(app, "#sources")
+            learning = text_of(app, "#learning")
+            assert "routine" in learning and "0.70" in learning and "embryos 6" in learning
+            assert "reading the database" in text_of(app, "#performance")
+            assert app.query_one("#recent", DataTable).row_count == 50
+            await pilot.press("w", "w")
+            await until(pilot, lambda: app.snapshot is not None and app.snapshot.window == "week")
+            assert "network" in text_of(app, "#types")
+            await pilot.press("slash", *"type:process notes-5", "enter")
+            await until(
+                pilot,
+                lambda: app.snapshot is not None and [e.data["i"] for e in app.snapshot.recent] == [5, 50, 53, 56, 59],
+            )
+            await pilot.press("q")
+        assert app.return_code == 0
         source.close()
 
     asyncio.run(scenario())

@@ -16,8 +16,9 @@ from rich.console import Console
 from .. import __version__
 from .._config import Config, load_config
 from .._exceptions import CelflowError
+from .._storage import is_postgres_url
 
-__all__ = ["State", "cli", "main"]
+__all__ = ["State", "cli", "data_folder", "database_location", "db_option", "main"]
 
 err_console = Console(stderr=True, highlight=False)
 
@@ -31,6 +32,29 @@ class State:
     def load(self, overrides: dict[str, Any] | None = None) -> tuple[Config, dict[str, str]]:
         """The effective configuration (defaults < file < env < flags)."""
         return load_config(self.config_path, overrides={k: v for k, v in (overrides or {}).items() if v is not None})
+
+
+def database_location(state: State, db: str | None) -> str:
+    """``--db``, else ``persistence.database_url``, else ``persistence.database_path``."""
+    if db is not None:
+        return db
+    settings = state.load()[0].persistence
+    return settings.database_url or settings.database_path
+
+
+def data_folder(state: State, location: str) -> Path:
+    """The data folder (token, log, service.json): the database file's, or database_path's for a URL."""
+    if is_postgres_url(location):
+        return Path(state.load()[0].persistence.database_path).parent
+    return Path(location.removeprefix("sqlite:///")).parent
+
+
+#: ``--db`` of every command that opens the database: a plain string, so a URL stays as written.
+db_option = click.option(
+    "--db",
+    metavar="PATH_OR_URL",
+    help="Database file or postgresql:// URL (default: persistence.database_url, else persistence.database_path).",
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

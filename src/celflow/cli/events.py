@@ -20,9 +20,8 @@ from rich.table import Table
 from .._database import EventDatabase, make_query
 from .._exceptions import ServiceError
 from .._export import EXPORT_FORMATS, IMPORT_FORMATS, export_events, import_events
-from .._storage import is_postgres_url
 from .._types import StoredEvent
-from . import State
+from . import State, data_folder, database_location, db_option
 
 if TYPE_CHECKING:
     from ..client import Client
@@ -32,23 +31,8 @@ __all__ = ["events"]
 console = Console(highlight=False)
 
 
-def _location(state: State, db: str | None) -> str:
-    """``--db``, else ``persistence.database_url``, else ``persistence.database_path``."""
-    if db is not None:
-        return db
-    settings = state.load()[0].persistence
-    return settings.database_url or settings.database_path
-
-
-def _data_dir(state: State, location: str) -> Path:
-    """The data folder (token, service.json): the database file's, or database_path's for a URL."""
-    if is_postgres_url(location):
-        return Path(state.load()[0].persistence.database_path).parent
-    return Path(location).parent
-
-
 def _open(state: State, db: str | None) -> EventDatabase:
-    return EventDatabase(_location(state, db), readonly=True)
+    return EventDatabase(database_location(state, db), readonly=True)
 
 
 def _when(ts: float | None) -> str:
@@ -84,10 +68,6 @@ def _event_table(rows: list[StoredEvent], title: str) -> Table:
     return table
 
 
-db_option = click.option(
-    "--db",
-    help="Database file or postgresql:// URL (default: persistence.database_url, else database_path).",
-)
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of tables.")
 
 
@@ -270,7 +250,7 @@ def import_(state: State, source: Path, db: str | None, fmt: str | None, as_json
     """Import events from SOURCE: a CelFlow export (json, jsonl, csv, parquet) or an ActivityWatch
     export (--format activitywatch). Importing the same file twice stores nothing new."""
     settings = state.load()[0]  # with --db too: the privacy rules apply to imported events
-    path = _location(state, db)
+    path = database_location(state, db)
     limits = settings.persistence
     with (
         EventDatabase(
@@ -400,8 +380,8 @@ def tail(
     """
     from ..client import Client  # httpx and websockets load only for this command
 
-    path = _location(state, db)
-    data_dir = _data_dir(state, path)
+    path = database_location(state, db)
+    data_dir = data_folder(state, path)
     filters = {"event_type": event_type, "source": source, "action": action}
     client: Client | None = None
     if url is not None or (data_dir / "service.json").exists():

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 from datetime import datetime
-from pathlib import Path
 from typing import Any, ClassVar
 
 import orjson
@@ -174,8 +174,11 @@ class DashboardApp(App[None]):
             table.add_row(f"last {snap.window}", f"{snap.in_window:,}")
         table.add_row("duplicates (this run)", f"{service['duplicates']:,}" if service else "-")
         table.add_row("dropped (this run)", f"{service['dropped']:,}" if service else "-")
-        table.add_row("database", _mb(snap.sizes.get("file_size_mb", 0.0)))
-        table.add_row("WAL", _mb(snap.sizes.get("wal_size_mb", 0.0)))
+        if self.source.postgres:  # the server's WAL is its own: only the tables' size is CelFlow's
+            table.add_row("database (PostgreSQL)", _mb(snap.sizes.get("database_size_mb", 0.0)))
+        else:
+            table.add_row("database", _mb(snap.sizes.get("file_size_mb", 0.0)))
+            table.add_row("WAL", _mb(snap.sizes.get("wal_size_mb", 0.0)))
         return table
 
     def _performance(self, snap: Snapshot) -> Group:
@@ -190,7 +193,8 @@ class DashboardApp(App[None]):
             table.add_row("queue", f"{service['queue_size']:,} / {service['max_queue_size']:,}")
             table.add_row("stored this run", f"{service['total_stored']:,}")
         else:
-            table.add_row("service", Text("not running (reading the file)", style="dim"))
+            reading = "the database" if self.source.postgres else "the file"
+            table.add_row("service", Text(f"not running (reading {reading})", style="dim"))
         table.add_row("ingest, last 10 s", f"{snap.rate_now:,.1f}/s")
         table.add_row("this refresh", f"{snap.query_ms:,.1f} ms" if self.show_timings else "-")
         return Group(table)
@@ -281,9 +285,12 @@ class DashboardApp(App[None]):
         self.load()
 
 
-def run_dashboard(path: str | Path, *, interval: float = 1.0) -> None:
-    """Open ``path`` read-only and run the dashboard until the user quits."""
-    source = DashboardSource(path)
+def run_dashboard(
+    location: str | os.PathLike[str], *, data_dir: str | os.PathLike[str] | None = None, interval: float = 1.0
+) -> None:
+    """Open ``location`` (a database file or a ``postgresql://`` URL) read-only and run the dashboard
+    until the user quits; ``data_dir`` holds the running service's ``service.json`` (see DashboardSource)."""
+    source = DashboardSource(location, data_dir=data_dir)
     try:
         DashboardApp(source, interval=interval).run()
     finally:

@@ -9,6 +9,7 @@ and a time limit.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from typing import Any
 
 from .._database import EventDatabase
 from .._exceptions import CelflowError, DatabaseClosedError, QueryTimeoutError
+from .._storage import is_postgres_url
 from .._types import EventQuery, Pattern, StoredEvent, SystemStats
 
 __all__ = ["WINDOWS", "DashboardSource", "Filters", "Snapshot"]
@@ -87,17 +89,26 @@ def _minutes(histogram: list[tuple[float, int]], end_minute: int) -> list[int]:
 
 
 class DashboardSource:
-    """Reads snapshots from one database file, read-only; never blocks the writer."""
+    """Reads snapshots from one database (a SQLite file or PostgreSQL), read-only; never blocks the writer.
+
+    ``data_dir`` is the folder of the running service's ``service.json`` (default: the database
+    file's folder; for a URL, none unless given): the service, when there, adds its figures.
+    """
 
     def __init__(
         self,
-        path: str | Path,
+        location: str | os.PathLike[str],
         *,
+        data_dir: str | os.PathLike[str] | None = None,
         clock: Callable[[], float] = time.time,
         service: bool = True,
     ) -> None:
-        self.database = EventDatabase(path, readonly=True)
-        self.path = Path(path)
+        self.location = os.fspath(location)
+        self.database = EventDatabase(self.location, readonly=True)
+        self.path = self.database.store.path  # what the title shows: the file as given, or the URL without password
+        if data_dir is None and not is_postgres_url(self.location):
+            data_dir = Path(self.location.removeprefix("sqlite:///")).parent
+        self.data_dir = Path(data_dir) if data_dir is not None else None
         self.clock = clock
         self._total: int | None = None
         self._total_at = 0.0
@@ -108,14 +119,19 @@ class DashboardSource:
         self._reading = threading.Lock()  # a refresh and close() never overlap
         self._closed = False
         self._client: Any = None
-        if service and (self.path.parent / "service.json").exists():
-            self._client = self._connect()
+        if service and self.data_dir is not None and (self.data_dir / "service.json").exists():
+            self._client = self._connect(self.data_dir)
 
-    def _connect(self) -> Any:
+    @property
+    def postgres(self) -> bool:
+        """Whether the database is PostgreSQL (no file, no WAL of its own to show)."""
+        return is_postgres_url(self.location)
+
+    def _connect(self, data_dir: Path) -> Any:
         from ..client import Client  # httpx loads only when a service runs
 
         try:
-            return Client(data_dir=str(self.path.parent), timeout=0.5, retries=0)
+            return Client(data_dir=str(data_dir), timeout=0.5, retries=0)
         except CelflowError:
             return None
 
@@ -198,6 +214,9 @@ class DashboardSource:
             try:
                 service = self._client.stats()
             except CelflowError:
+                service = None
+            # A URL's data folder is the config's: its service may write another PostgreSQL database
+            if service and self.postgres and service["database_stats"].get("database_path") != self.path:
                 service = None
         total = service["database_stats"]["total_events"] if service else self.total(wait=wait_total)
         snapshot = Snapshot(

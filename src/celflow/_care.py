@@ -2,6 +2,11 @@
 
 Nothing here deletes or overwrites a user's database: a backup goes to a new private file, a
 recovery writes a new database and moves the damaged one aside under a dated name.
+
+A PostgreSQL database has its own functions (``check_postgres``, ``vacuum_postgres``,
+``doctor_postgres``), through the store's public methods; backup and recovery of one are the
+server's tools' work (pg_dump, its WAL), so ``backup_database``/``recover_database`` refuse a URL
+and say what to use instead.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shlex
 import shutil
 import sqlite3
 import tempfile
@@ -16,26 +22,40 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from ._encoding import decode_data
-from ._exceptions import CorruptDatabaseError, DatabaseNotFoundError
+from ._exceptions import (
+    CorruptDatabaseError,
+    DatabaseNotFoundError,
+    PersistenceError,
+    SchemaVersionError,
+)
 from ._export import writable_target
 from ._lock import WriterLock
+from ._postgres import SCHEMA_VERSION as PG_SCHEMA_VERSION
+from ._postgres import PostgresStore, _shown, _split_schema
 from ._schema import APPLICATION_ID, SCHEMA_VERSION, rebuild_counts
 from ._sqlite import SQLiteStore, translate
+from ._storage import is_postgres_url
+from ._types import EventQuery
 from ._wal import inspect_wal, rechain_wal
 
 log = logging.getLogger("celflow.care")
 
 __all__ = [
     "CheckReport",
+    "PostgresCheckReport",
     "RecoverReport",
     "backup_database",
     "check_database",
+    "check_postgres",
     "doctor",
+    "doctor_postgres",
     "preflight",
     "recover_database",
     "vacuum_database",
+    "vacuum_postgres",
 ]
 
 
@@ -46,6 +66,8 @@ def _ro_uri(path: str) -> str:
 
 def _existing(path: str | os.PathLike[str]) -> str:
     path = os.fspath(path)
+    if is_postgres_url(path):  # never "no CelFlow database at <URL with its password>"
+        raise PersistenceError(f"{_shown(path)} is a PostgreSQL database: this works on a SQLite file only")
     if not os.path.isfile(path):
         raise DatabaseNotFoundError(f"no CelFlow database at {path}")
     return path
@@ -152,8 +174,15 @@ def backup_database(path: str | os.PathLike[str], destination: str | os.PathLike
 
     ``VACUUM INTO`` reads one snapshot in a single read transaction, which in WAL mode never
     blocks the writer. The copy is written private (0600) under a temporary name, checked, and
-    renamed into place. Returns its size in bytes.
+    renamed into place. Returns its size in bytes. A PostgreSQL URL is refused: see the message.
     """
+    if is_postgres_url(os.fspath(path)):
+        url = os.fspath(path)
+        raise PersistenceError(
+            f"celflow db backup copies a SQLite file; {_shown(url)} is PostgreSQL: back it up with "
+            f"`{_pg_dump(url)}`, or copy it into SQLite with "
+            f"`celflow migrate --from {shlex.quote(_shown(url))} --to sqlite:///copy.db`"
+        )
     path = _existing(path)
     target = Path(destination)
     folder = writable_target(target, force=force, source=path)
@@ -276,8 +305,14 @@ def recover_database(path: str | os.PathLike[str]) -> RecoverReport:
     """Save what can be read from a damaged database into a new one at the same path.
 
     The damaged file (and its WAL) is moved aside as ``<name>.damaged-<time>``, never deleted.
-    Needs the writer lock: stop ``celflow run`` first.
+    Needs the writer lock: stop ``celflow run`` first. A PostgreSQL URL is refused: see the message.
     """
+    if is_postgres_url(os.fspath(path)):
+        raise PersistenceError(
+            f"celflow db recover repairs a SQLite file; {_shown(os.fspath(path))} is PostgreSQL, which recovers "
+            "by itself from its WAL after a crash: check its tables with `pg_amcheck`, or restore your latest "
+            "pg_dump (`pg_restore`)"
+        )
     path = _existing(path)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     aside = f"{path}.damaged-{stamp}"
@@ -510,4 +545,164 @@ def doctor(path: str | os.PathLike[str]) -> tuple[CheckReport, list[str]]:
     if report.ok and not advice:
         advice.append("The database is healthy. Nothing to do.")
     advice.append(f"Keep a copy: `celflow db backup --db {shown} BACKUP.db` works while `celflow run` writes.")
+    return report, advice
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------------
+
+
+def _pg_dump(url: str) -> str:
+    """The ``pg_dump`` command that saves the CelFlow schema a URL names (password masked)."""
+    base, schema = _split_schema(url)  # pg_dump knows no ?schema=: it is its -n
+    only = f" -n {shlex.quote(schema)}" if schema else ""
+    return f"pg_dump{only} -Fc -f celflow.dump {shlex.quote(_shown(base))}"
+
+
+@dataclass
+class PostgresCheckReport:
+    """What ``check_postgres`` found: the PostgreSQL sibling of :class:`CheckReport`."""
+
+    path: str  # the URL, password masked
+    ok: bool
+    mode: str  # "quick" or "full" (full also counts the rows against the per-minute counters)
+    #: ok, unreachable (no connection), no_schema, newer_schema, unreadable (a read failed),
+    #: counters (the per-minute counters disagree with the rows)
+    status: str = "ok"
+    backend: str = "postgresql"
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    schema_version: int | None = None
+    size_mb: float = 0.0
+    partitions: int = 0  # day partitions of events
+    total_events: int | None = None  # from the per-minute counters
+    rows_counted: int | None = None  # full check: the events counted row by row
+    last_event_id: int | None = None
+    oldest_event: float | None = None
+    newest_event: float | None = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+#: Not a whole number of minutes, so the per-minute counters cannot answer a histogram of it: the
+#: rows themselves are counted (one group per ~day, so the answer stays small).
+_ROW_COUNT_BUCKET = 86_401.0
+
+
+def _count_rows(store: PostgresStore, report: PostgresCheckReport) -> None:
+    """Compare the counters' total with the rows; writers going on meanwhile are read around."""
+    everything = EventQuery()
+    for _ in range(3):
+        counted = store.count_events(everything)
+        rows = sum(n for _, n in store.histogram(_ROW_COUNT_BUCKET, everything))
+        if store.count_events(everything) != counted:
+            continue  # events came or went between the reads: try again
+        report.rows_counted = rows
+        if rows != counted:
+            report.status = "counters"
+            report.problems.append(
+                f"the per-minute counters say {counted:,} events but {rows:,} rows are stored: "
+                "counts and histograms are off until the counters are rebuilt"
+            )
+        return
+    report.notes.append("events kept being written during the check: the rows could not be compared with the counters")
+
+
+def check_postgres(url: str, *, full: bool = False) -> PostgresCheckReport:
+    """Check a PostgreSQL database read-only: the connection, the CelFlow schema, the tables,
+    sizes, the last id, day partitions and the time span (``full``: the rows against the counters)."""
+    started = time.perf_counter()
+    report = PostgresCheckReport(_shown(url), ok=True, mode="full" if full else "quick")
+    try:
+        store = PostgresStore(url, readonly=True)  # a reader creates nothing, not even the schema
+    except SchemaVersionError as exc:
+        report.status = "newer_schema" if "newer CelFlow" in str(exc) else "no_schema"
+        report.problems.append(str(exc))
+    except PersistenceError as exc:  # OperationalError: no connection; or psycopg is not installed
+        report.status = "unreachable"
+        report.problems.append(str(exc))
+    else:
+        try:
+            found = store.quick_check()
+            if found:
+                report.status = "unreadable"
+                report.problems.extend(found)
+            else:
+                info = store.stats()
+                # the store refuses a newer schema at open, so the one it understands is the one stored
+                report.schema_version = int(info["schema_version"])
+                report.size_mb = float(info["database_size_mb"])
+                report.partitions = int(info["partitions"])
+                report.total_events = int(info["total_events"])
+                report.oldest_event, report.newest_event = info["oldest_event"], info["newest_event"]
+                report.last_event_id = store.last_id()
+                if full:
+                    _count_rows(store, report)
+        except PersistenceError as exc:
+            report.status = "unreadable"
+            report.problems.append(str(exc))
+        finally:
+            store.close()
+    report.ok = not report.problems
+    report.seconds = round(time.perf_counter() - started, 3)
+    return report
+
+
+def vacuum_postgres(url: str) -> tuple[float, float]:
+    """``VACUUM (ANALYZE)`` every CelFlow table; writers may go on. Returns the tables' MB before and after.
+
+    A database without CelFlow's schema is refused, not given one.
+    """
+    PostgresStore(url, readonly=True).close()  # SchemaVersionError when there is no CelFlow schema
+    store = PostgresStore(url)
+    try:
+        before = store.sizes()["database_size_mb"]
+        store.vacuum()
+        return before, store.sizes()["database_size_mb"]
+    finally:
+        store.close()
+
+
+def doctor_postgres(url: str) -> tuple[PostgresCheckReport, list[str]]:
+    """A full check of a PostgreSQL database, and what to do about what it found, in plain words."""
+    report = check_postgres(url, full=True)
+    shown = shlex.quote(report.path)
+    advice: list[str] = []
+    if report.status == "unreachable":
+        parts = urlsplit(_split_schema(url)[0])
+        host, port = parts.hostname or "localhost", parts.port or 5432
+        advice.append(
+            f"No connection: check that the server runs (`pg_isready -h {host} -p {port}`), that the URL's user, "
+            "password and database name are right, and that pg_hba.conf lets this host in."
+        )
+    elif report.status == "no_schema":
+        advice.append(
+            "There is no CelFlow schema here: point --db (or persistence.database_url) at the right database and "
+            "?schema=, or start `celflow run` with this URL to create it."
+        )
+    elif report.status == "newer_schema":
+        advice.append("A newer CelFlow wrote this schema: upgrade CelFlow (pip install -U celflow).")
+    elif report.status == "counters":
+        advice.append(
+            "The per-minute counters disagree with the stored events. With the writers stopped, rebuild them "
+            f"(the events are kept): python -c 'import celflow; celflow.open_store(\"{report.path}\").rebuild_counts()'"
+        )
+    elif not report.ok:
+        advice.append(
+            "A read failed: see the problem above and the server's log. If tables are damaged, `pg_amcheck` "
+            "says which; restore them from your latest pg_dump."
+        )
+    elif report.schema_version is not None and report.schema_version < PG_SCHEMA_VERSION:
+        advice.append(
+            f"The schema is version {report.schema_version}, older than this CelFlow's {PG_SCHEMA_VERSION}: readers "
+            "use it as it is; the next writer (`celflow run`, `celflow db vacuum`) upgrades it, once."
+        )
+    else:
+        advice.append("The database is healthy. Nothing to do.")
+    if report.schema_version is not None:  # opened: there is something to keep a copy of
+        advice.append(
+            f"Keep a copy: `{_pg_dump(url)}`, or a SQLite copy with "
+            f"`celflow migrate --from {shown} --to sqlite:///copy.db`."
+        )
     return report, advice

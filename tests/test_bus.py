@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -36,138 +33,16 @@ from celflow import (
 )
 from celflow._encoding import prepare_event
 from celflow.bus import BusError, BusPublisher, IngestWorker, _with_database, shown_url
+from nats_server import NatsServer, bus_url, free_port, names, own_nats, stream_events, wait_until
 from pg_server import pg_url
 
-__all__ = ["pg_url"]  # the fixture, re-exported for pytest
+__all__ = ["bus_url", "names", "own_nats", "pg_url"]  # the fixtures, re-exported for pytest
 
 nats = pytest.importorskip("nats", reason="nats-py is not installed (pip install 'celflow[bus]')")
 
 HELPERS = Path(__file__).parent / "helpers"
 CLI = "import sys; from celflow.cli import main; sys.exit(main())"
 SYSTEM_URL = "nats://127.0.0.1:4222"
-
-
-def _nats_binary() -> str:
-    found = shutil.which("nats-server") or next(
-        (p for p in ("/usr/sbin/nats-server", "/usr/local/bin/nats-server") if os.access(p, os.X_OK)), None
-    )
-    if found is None:
-        message = "nats-server is not installed, so the NATS bus tests are SKIPPED (apt-get install nats-server)"
-        print("\n" + "!" * 20 + " " + message)
-        pytest.skip(message)
-    return found
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-class NatsServer:
-    """A nats-server with JetStream of our own, on a free loopback port, storing in ``store``."""
-
-    def __init__(self, binary: str, store: Path) -> None:
-        self.binary = binary
-        self.store = store
-        self.port = _free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        log = open(self.store.parent / f"nats-{self.port}.log", "ab")  # noqa: SIM115 - the server keeps it
-        self.proc = subprocess.Popen(
-            [self.binary, "-js", "-sd", str(self.store), "-a", "127.0.0.1", "-p", str(self.port)],
-            stdout=log,
-            stderr=log,
-        )
-        deadline = time.monotonic() + 15
-        while not _listening(self.port):
-            assert self.proc.poll() is None, f"nats-server exited with {self.proc.returncode}"
-            assert time.monotonic() < deadline, "nats-server did not listen within 15 s"
-            time.sleep(0.05)
-
-    def signal(self, sig: int) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-
-    def stop(self) -> None:
-        """SIGTERM and wait: a graceful stop, JetStream's files written."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(15)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)  # a paused server would not die before it runs again
-            self.proc.kill()
-            self.proc.wait(15)
-
-
-@pytest.fixture
-def own_nats(tmp_path: Path) -> Iterator[NatsServer]:
-    """A nats-server of this test's own, which it may stop, pause or kill."""
-    server = NatsServer(_nats_binary(), tmp_path / "jetstream")
-    server.start()
-    yield server
-    server.kill()
-
-
-@pytest.fixture(scope="session")
-def bus_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The machine's nats-server on 4222, or one started for the session."""
-    if _listening(4222):
-        yield SYSTEM_URL
-        return
-    server = NatsServer(_nats_binary(), tmp_path_factory.mktemp("nats") / "jetstream")
-    server.start()
-    yield server.url
-    server.kill()
-
-
-@pytest.fixture
-def names(bus_url: str) -> Iterator[tuple[str, str]]:
-    """A fresh stream name and subject, the stream deleted after the test."""
-    token = uuid.uuid4().hex[:10]
-    stream, subject = f"TEST_{token.upper()}", f"test.{token}.events"
-    yield stream, subject
-
-    async def delete() -> None:
-        nc = await nats.connect(bus_url)
-        try:
-            await nc.jetstream().delete_stream(stream)
-        except nats.js.errors.NotFoundError:
-            pass
-        finally:
-            await nc.close()
-
-    asyncio.run(delete())
-
-
-async def stream_events(url: str, stream: str) -> tuple[list[dict[str, Any]], list[str]]:
-    """Every event held in ``stream`` (read without consuming) and each message's Nats-Msg-Id."""
-    nc = await nats.connect(url)
-    try:
-        js = nc.jetstream()
-        state = (await js.stream_info(stream)).state
-        events: list[dict[str, Any]] = []
-        ids: list[str] = []
-        for seq in range(state.first_seq, state.last_seq + 1) if state.messages else ():
-            msg = await js.get_msg(stream, seq)
-            events.extend(orjson.loads(msg.data))
-            ids.append((msg.headers or {}).get("Nats-Msg-Id", ""))
-        return events, ids
-    finally:
-        await nc.close()
 
 
 async def consumer_info(url: str, stream: str, durable: str) -> Any:
@@ -185,14 +60,6 @@ async def until(check: Callable[[], bool], timeout: float, what: str) -> None:
     while not check():
         assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
         await asyncio.sleep(0.02)
-
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    """Wait (blocking) until ``check()`` holds."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
-        time.sleep(0.05)
 
 
 def numbered(first: int, count: int, **fields: Any) -> list[dict[str, Any]]:
@@ -333,7 +200,7 @@ def test_a_broker_outage_is_buffered_bounded_and_resent(own_nats: NatsServer) ->
 @pytest.mark.parametrize("overflow", ["raise", "block"])
 def test_a_full_buffer_raises_naming_max_buffer(overflow: str) -> None:
     """With no broker, a full buffer raises QueueFullError naming max_buffer: at once, or after queue_timeout."""
-    url = f"nats://127.0.0.1:{_free_port()}"  # nothing listens there
+    url = f"nats://127.0.0.1:{free_port()}"  # nothing listens there
 
     async def main() -> None:
         publisher = BusPublisher(url, max_buffer=100, overflow=overflow, queue_timeout=0.3, connect_timeout=0.2)

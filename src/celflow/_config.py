@@ -19,6 +19,7 @@ from msgspec import Meta
 from ._exceptions import ConfigError
 
 __all__ = [
+    "BusConfig",
     "CaptureConfig",
     "Config",
     "DropRule",
@@ -170,6 +171,28 @@ class PrivacyConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             _check_pattern(f"privacy.redact_patterns[{index}]", pattern)
 
 
+class BusConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The NATS JetStream ingest bus: where ``celflow run --publish`` sends events and
+    ``celflow ingest-worker`` takes them from."""
+
+    #: The NATS server (``nats://host:port``; ``tls://`` for TLS).
+    url: str = "nats://127.0.0.1:4222"
+    #: The JetStream stream (created if missing) and the subject producers publish on.
+    stream: str = "CELFLOW"
+    subject: str = "celflow.events"
+    #: The durable consumer ingest workers share (they split the work).
+    durable: str = "celflow-ingest"
+    #: ``celflow run`` publishes what it captures and receives to the bus instead of storing it.
+    publish: bool = False
+    #: Events per bus message.
+    batch_size: Annotated[int, Meta(ge=1, le=100_000)] = 1000
+    #: Events (and their bytes) a publisher keeps while the broker is away; past it ``overflow`` applies.
+    max_buffer: PositiveInt = 100_000
+    max_buffer_bytes: Annotated[int, Meta(ge=1024 * 1024)] = 64 * 1024 * 1024
+    #: Seconds to wait for JetStream's acknowledgement of a message before sending it again.
+    ack_timeout: PositiveFloat = 5.0
+
+
 class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """The whole configuration (the seed's top-level dict)."""
 
@@ -179,6 +202,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
     http: HttpConfig = msgspec.field(default_factory=HttpConfig)
     privacy: PrivacyConfig = msgspec.field(default_factory=PrivacyConfig)
+    bus: BusConfig = msgspec.field(default_factory=BusConfig)
 
 
 _SECTIONS: dict[str, type[msgspec.Struct]] = {
@@ -187,6 +211,7 @@ _SECTIONS: dict[str, type[msgspec.Struct]] = {
     "logging": LoggingConfig,
     "http": HttpConfig,
     "privacy": PrivacyConfig,
+    "bus": BusConfig,
 }
 #: Settings whose environment variable holds a JSON array (regular expressions may contain ':').
 _JSON_ENV = frozenset({("privacy", "drop"), ("privacy", "redact_patterns")})

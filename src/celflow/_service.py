@@ -17,6 +17,7 @@ import orjson
 from ._config import Config, LoggingConfig
 from ._exceptions import OperationalError
 from ._files import ensure_private_dir
+from ._forwarder import BusForwarder
 from ._manager import EventPersistenceManager
 from .capture.filesystem import FileSystemCapture
 from .capture.processes import ProcessCapture
@@ -68,7 +69,8 @@ def setup_logging(settings: LoggingConfig, data_dir: str) -> None:
 
 
 async def serve(config: Config, stop: asyncio.Event | None = None, *, status_interval: float = 60.0) -> None:
-    """Run the manager and the capture sources until ``stop`` is set or SIGINT/SIGTERM arrives."""
+    """Run the manager (with ``bus.publish``: the bus forwarder) and the capture sources until
+    ``stop`` is set or SIGINT/SIGTERM arrives."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -77,7 +79,8 @@ async def serve(config: Config, stop: asyncio.Event | None = None, *, status_int
             loop.add_signal_handler(sig, stop.set)
     data_dir = os.path.dirname(os.path.abspath(config.persistence.database_path))
     sock = bind(config.http.host, config.http.port) if config.http.enabled else None  # a busy port fails first
-    manager = EventPersistenceManager(config)
+    manager: EventPersistenceManager | BusForwarder
+    manager = BusForwarder(config) if config.bus.publish else EventPersistenceManager(config)
     try:
         await manager.start()
     except BaseException:
@@ -116,6 +119,15 @@ async def serve(config: Config, stop: asyncio.Event | None = None, *, status_int
                 await asyncio.wait_for(stop.wait(), timeout=status_interval)
             except TimeoutError:
                 stats = manager.get_stats()
+                if isinstance(manager, BusForwarder):
+                    log.info(
+                        "%d events published this run, %d buffered, dropped %d, last error: %s",
+                        stats["total_stored"],
+                        stats["queue_size"],
+                        stats["dropped"],
+                        stats["last_error"] or "none",
+                    )
+                    continue
                 log.info(
                     "%d events stored this run (%.1f/s now), %d in the database, queue %d, dropped %d",
                     stats["total_stored"],
@@ -138,6 +150,8 @@ async def serve(config: Config, stop: asyncio.Event | None = None, *, status_int
             source.stop()
         await manager.stop()
         lost = manager.get_stats()["lost"]
+        if lost and isinstance(manager, BusForwarder):
+            raise OperationalError(f"{lost} accepted events were never acknowledged by the bus (see the log)")
         if lost:
             log.error("stopped: %d accepted events could not be written (see the errors above)", lost)
             raise OperationalError(

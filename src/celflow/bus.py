@@ -32,16 +32,17 @@ import sys
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 import orjson
 
-from ._config import Config, parse_config
-from ._encoding import EncodingOptions, Row, prepare_batch
+from ._config import Config, PrivacyConfig, parse_config
+from ._encoding import EncodingOptions, Row, prepare_batch, prepare_each
 from ._exceptions import CelflowError, ConfigError, QueueFullError, ValidationError, WriterBusyError
+from ._privacy import PrivacyRules
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NatsClient
@@ -194,7 +195,8 @@ class BusPublisher:
     unacknowledged; when the buffer is full, ``overflow`` decides as in the persistence manager:
     ``block`` waits up to ``queue_timeout`` seconds then raises :class:`QueueFullError`, ``drop``
     drops the new events (``publish`` returns ``False``), ``raise`` raises at once. The buffer is
-    in memory: a producer killed before ``flush()`` returns loses what it held.
+    in memory: a producer killed before ``flush()`` returns loses what it held. ``privacy`` rules
+    (the ``[privacy]`` settings) drop and redact events before they are buffered.
     """
 
     def __init__(
@@ -215,6 +217,7 @@ class BusPublisher:
         duplicate_window: float = 120.0,
         create_stream: bool = True,
         name: str | None = None,
+        privacy: PrivacyConfig | PrivacyRules | None = None,
     ) -> None:
         _check_url(url)
         if overflow not in ("block", "drop", "raise"):
@@ -247,7 +250,8 @@ class BusPublisher:
         # within JetStream's duplicate window (a collision would drop a message as a duplicate).
         self._id_prefix = f"{self.name}-{uuid.uuid4().hex}"
         self.state = BusState.UNSTARTED
-        self._options = EncodingOptions(_never_compress, max_event_bytes)
+        #: The privacy rules apply here, before an event leaves the machine (the workers apply theirs too).
+        self.options = EncodingOptions(_never_compress, max_event_bytes, privacy=PrivacyRules.compile(privacy))
         self._max_payload = NATS_DEFAULT_MAX_PAYLOAD
         self._buffer: deque[bytes] = deque()
         self._inflight: _Message | None = None
@@ -263,6 +267,7 @@ class BusPublisher:
         self._disconnected = asyncio.Event()
         self._connect_task: asyncio.Task[NatsClient] | None = None
         self._sender: asyncio.Task[None] | None = None
+        self._wakers: set[asyncio.Future[None]] = set()
         self._closing = False
         self._failing = False  # in an outage: one warning, then quiet until it ends
         # counters, read by stats()
@@ -273,6 +278,27 @@ class BusPublisher:
         self.lost = 0  # accepted, never acknowledged: left at stop(), or too large for the broker
         self.retries = 0
         self.last_error: str | None = None
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any] | Config | None = None, *, name: str | None = None) -> BusPublisher:
+        """A publisher with the ``[bus]`` settings of ``config``, its ``[privacy]`` rules, and the
+        persistence section's ``overflow``, ``queue_timeout`` and ``max_event_bytes``."""
+        settings = parse_config(config)
+        bus, persistence = settings.bus, settings.persistence
+        return cls(
+            bus.url,
+            stream=bus.stream,
+            subject=bus.subject,
+            batch_size=bus.batch_size,
+            max_buffer=bus.max_buffer,
+            max_buffer_bytes=bus.max_buffer_bytes,
+            ack_timeout=bus.ack_timeout,
+            overflow=persistence.overflow,
+            queue_timeout=persistence.queue_timeout,
+            max_event_bytes=persistence.max_event_bytes,
+            privacy=settings.privacy,
+            name=name,
+        )
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -362,12 +388,21 @@ class BusPublisher:
         """Validate events (all or none) and buffer them for sending; ``False`` if ``drop`` dropped them.
 
         Raises :class:`ValidationError` naming the bad event's index, and :class:`QueueFullError`
-        when the buffer stays full (``raise``, or ``block`` past ``queue_timeout``).
+        when the buffer stays full (``raise``, or ``block`` past ``queue_timeout``). Events a
+        privacy drop rule discards are not sent.
         """
         self._running()
         batch = events if isinstance(events, (list, tuple, Mapping, str, bytes)) else list(events)
-        rows = prepare_batch(batch, self._options)  # no privacy rules here: the workers apply them
-        encoded = [self._encode(index, event, row) for index, (event, row) in enumerate(zip(batch, rows, strict=True))]
+        kept: list[int] = []
+        rows, errors = prepare_each(cast("Sequence[Any]", batch), self.options, kept=kept)  # it refuses a Mapping
+        if errors:
+            raise errors[0]
+        return await self.publish_rows(rows, [batch[i].get("idempotency_key") for i in kept])
+
+    async def publish_rows(self, rows: Sequence[Row], keys: Sequence[str | None] | None = None) -> bool:
+        """:meth:`publish` of events already prepared with :attr:`options` (``keys``: their idempotency keys)."""
+        self._running()
+        encoded = self._encode_all(rows, keys)
         if not encoded:
             return True
         n, nbytes = len(encoded), sum(map(len, encoded))
@@ -386,12 +421,40 @@ class BusPublisher:
                 except TimeoutError:
                     raise QueueFullError(self._full_message(n, nbytes, waited=self.queue_timeout)) from None
                 self._running()
-            self._buffer.extend(encoded)
-            self._held += n
-            self._held_bytes += nbytes
-            self._accepted += n
+            self._hold(encoded, nbytes)
             self._cond.notify_all()
         return True
+
+    def offer_rows(self, rows: Sequence[Row], keys: Sequence[str | None] | None = None) -> None:
+        """Buffer prepared rows at once, or raise :class:`QueueFullError` if they do not fit (never waits).
+
+        For code on the publisher's event loop that must answer now (an HTTP 202).
+        """
+        self._running()
+        encoded = self._encode_all(rows, keys)
+        if not encoded:
+            return
+        n, nbytes = len(encoded), sum(map(len, encoded))
+        if self._full(n, nbytes):
+            raise QueueFullError(self._full_message(n, nbytes))
+        self._hold(encoded, nbytes)
+        task = asyncio.ensure_future(self._notify())
+        self._wakers.add(task)
+        task.add_done_callback(self._wakers.discard)
+
+    def _encode_all(self, rows: Sequence[Row], keys: Sequence[str | None] | None) -> list[bytes]:
+        keys = keys if keys is not None else [None] * len(rows)
+        return [self._encode(index, row, key) for index, (row, key) in enumerate(zip(rows, keys, strict=True))]
+
+    def _hold(self, encoded: list[bytes], nbytes: int) -> None:
+        self._buffer.extend(encoded)
+        self._held += len(encoded)
+        self._held_bytes += nbytes
+        self._accepted += len(encoded)
+
+    async def _notify(self) -> None:
+        async with self._cond:
+            self._cond.notify_all()
 
     async def publish_event(self, event: Mapping[str, Any]) -> bool:
         """:meth:`publish` of one event."""
@@ -435,14 +498,14 @@ class BusPublisher:
             "last_error": self.last_error,
         }
 
-    def _encode(self, index: int, event: Mapping[str, Any], row: Row) -> bytes:
+    def _encode(self, index: int, row: Row, key: str | None) -> bytes:
         """The event as it travels: validated fields, the stamped timestamp, data as canonical JSON."""
         item: dict[str, Any] = {"event_type": row.event_type, "source": row.source, "timestamp": row.timestamp}
         if row.action is not None:
             item["action"] = row.action
-        assert row.data_json is not None  # the options never compress
+        if row.data_json is None:
+            raise BusError("a row for the bus must be prepared with the publisher's options (never compressed)")
         item["data"] = orjson.Fragment(row.data_json)
-        key = event.get("idempotency_key")
         if key is not None:
             item["idempotency_key"] = key
         encoded = orjson.dumps(item)

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from celflow import decode_data
+from debian import apt_install
 
 WORKER = Path(__file__).parents[1] / "helpers" / "faults_worker.py"
 POSIX_PRELOAD = "/usr/lib/fiu/fiu_posix_preload.so"
@@ -87,24 +88,6 @@ def mount_tmpfs(mount_point: Path, size: str) -> Iterator[Disk]:
             subprocess.run(["umount", "-l", str(mount_point)], capture_output=True, timeout=30)
 
 
-def _install_fiu() -> str | None:
-    """Install Debian's fiu-utils (and libfiu0) with apt-get; the reason when that is not possible."""
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        return "installing fiu-utils needs root and apt-get"
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    # another apt-get on the machine holds the lock for a while: wait for it rather than fail
-    install = ["apt-get", "install", "-y", "-q", "-o", "DPkg::Lock::Timeout=300", "fiu-utils"]
-    done = subprocess.run(install, capture_output=True, text=True, env=env, timeout=900)
-    if done.returncode != 0:
-        subprocess.run(
-            ["apt-get", "update", "-q", "-o", "DPkg::Lock::Timeout=300"], capture_output=True, env=env, timeout=900
-        )
-        done = subprocess.run(install, capture_output=True, text=True, env=env, timeout=900)
-    if done.returncode != 0:
-        return f"apt-get install fiu-utils failed: {done.stderr.strip()[-300:]}"
-    return None
-
-
 class Fiu:
     """libfiu's tools: ``fiu-run -x`` starts a process whose POSIX I/O calls can be made to fail,
     ``fiu-ctrl`` enables and disables failure points (``posix/io/sync/fdatasync``...) while it runs."""
@@ -129,7 +112,7 @@ class Fiu:
 def fiu_tools() -> Fiu:
     """libfiu's fiu-run and fiu-ctrl, installed if missing; a loud skip where that cannot be done."""
     if not (shutil.which("fiu-run") and shutil.which("fiu-ctrl") and os.path.exists(POSIX_PRELOAD)):
-        why = _install_fiu()
+        why = apt_install("fiu-utils")
         if why is not None:
             loud_skip("the I/O error tests", why)
     run, ctrl = shutil.which("fiu-run"), shutil.which("fiu-ctrl")

@@ -22,6 +22,12 @@ __all__ = ["run"]
 @click.option("--http/--no-http", "http", default=None, help="Serve the HTTP/WebSocket API (default: on).")
 @click.option("--host", default=None, help="Address the API listens on (default: 127.0.0.1).")
 @click.option("--port", type=click.IntRange(0, 65535), default=None, help="API port (default: 8537; 0: any free).")
+@click.option(
+    "--publish/--no-publish",
+    default=None,
+    help="Publish events to the NATS JetStream bus instead of storing them here (default: bus.publish, off).",
+)
+@click.option("--bus", "bus_url", default=None, help="The NATS server to publish to (default: bus.url).")
 @click.pass_obj
 def run(
     state: State,
@@ -32,11 +38,17 @@ def run(
     http: bool | None,
     host: str | None,
     port: int | None,
+    publish: bool | None,
+    bus_url: str | None,
 ) -> None:
     """Capture events from this machine and store them until SIGINT/SIGTERM, then flush and exit.
 
     The API listens on http://127.0.0.1:8537 unless configured otherwise; every endpoint but
     /health needs the token in the data folder's 'token' file.
+
+    With --publish, events go to the NATS JetStream bus (`celflow ingest-worker` stores them),
+    buffered in memory while the broker is away; reads then come from persistence.database_url
+    if it is set.
     """
     settings, _ = state.load(
         {
@@ -48,6 +60,8 @@ def run(
             "http.enabled": http,
             "http.host": host,
             "http.port": port,
+            "bus.publish": publish,
+            "bus.url": bus_url,
         }
     )
     if not settings.enable_persistence:

@@ -55,16 +55,14 @@ def _print_status(as_json: bool, database: str) -> Any:
 
 
 @click.command("ingest-worker")
-@click.option("--bus", "bus_url", default="nats://127.0.0.1:4222", show_default=True, help="The NATS server.")
-@click.option("--db", help="Database: a file path or a postgresql:// URL (default: persistence.database_path).")
-@click.option("--stream", default="CELFLOW", show_default=True, help="JetStream stream (created if missing).")
-@click.option("--subject", default="celflow.events", show_default=True, help="Subject the producers publish on.")
+@click.option("--bus", "bus_url", help="The NATS server (default: bus.url, nats://127.0.0.1:4222).")
 @click.option(
-    "--durable",
-    default="celflow-ingest",
-    show_default=True,
-    help="Durable consumer name; workers sharing it split the work.",
+    "--db",
+    help="Database: a file path or a postgresql:// URL (default: persistence.database_url, else database_path).",
 )
+@click.option("--stream", help="JetStream stream, created if missing (default: bus.stream, CELFLOW).")
+@click.option("--subject", help="Subject the producers publish on (default: bus.subject, celflow.events).")
+@click.option("--durable", help="Durable consumer name; workers sharing it split the work (default: bus.durable).")
 @click.option(
     "--batch",
     type=click.IntRange(1, 10_000),
@@ -83,11 +81,11 @@ def _print_status(as_json: bool, database: str) -> Any:
 @click.pass_obj
 def ingest_worker(
     state: State,
-    bus_url: str,
+    bus_url: str | None,
     db: str | None,
-    stream: str,
-    subject: str,
-    durable: str,
+    stream: str | None,
+    subject: str | None,
+    durable: str | None,
     batch: int,
     ack_wait: float,
     as_json: bool,
@@ -102,15 +100,16 @@ def ingest_worker(
     from ..bus import run_ingest_worker
 
     settings, _ = state.load()
-    database = db if db is not None else settings.persistence.database_path
+    bus = settings.bus
+    database = db if db is not None else settings.persistence.database_url or settings.persistence.database_path
     _setup_logging(settings.logging.level)
     run_ingest_worker(
-        bus_url,
+        bus_url or bus.url,
         database,
         config=settings,
-        stream=stream,
-        subject=subject,
-        durable=durable,
+        stream=stream or bus.stream,
+        subject=subject or bus.subject,
+        durable=durable or bus.durable,
         batch=batch,
         ack_wait=ack_wait,
         on_status=_print_status(as_json, database),

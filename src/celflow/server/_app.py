@@ -28,7 +28,9 @@ from .._database import EventDatabase, make_query
 from .._encoding import prepare_each
 from .._exceptions import CelflowError, ManagerStateError, QueryTimeoutError, QueueFullError, ValidationError
 from .._export import CSV_COLUMNS, _csv_row
+from .._forwarder import BusForwarder
 from .._manager import EventPersistenceManager
+from .._storage import is_postgres_url
 from .._types import StoredEvent
 from ._guard import Guard
 from ._metrics import Metrics
@@ -38,6 +40,10 @@ from ._stream import CommitSignal, follow, page_query
 __all__ = ["create_app"]
 
 T = TypeVar("T")
+#: What the API serves: a persistence manager, or (``celflow run --publish``) the bus forwarder.
+Sink = EventPersistenceManager | BusForwarder
+#: Seconds between reads of a live stream on a store that other processes also write.
+SHARED_POLL = 1.0
 API = "/api/v1"
 MAX_PAGE = 10_000
 NDJSON_TYPES = frozenset({"application/x-ndjson", "application/jsonl", "application/x-jsonlines"})
@@ -64,8 +70,10 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
 class Api:
     """The request handlers; one instance per app, bound to one running manager."""
 
-    def __init__(self, manager: EventPersistenceManager, settings: HttpConfig, metrics: Metrics) -> None:
+    def __init__(self, manager: Sink, settings: HttpConfig, metrics: Metrics) -> None:
         self.manager = manager
+        #: Other processes write the same store (ingest workers into PostgreSQL): streams also poll.
+        self.poll = SHARED_POLL if isinstance(manager, BusForwarder) or is_postgres_url(manager.location) else None
         self.settings = settings
         self.metrics = metrics
         self.signal = CommitSignal()
@@ -195,9 +203,11 @@ class Api:
         wait = request.query_params.get("wait", "false").lower() in ("1", "true", "yes", "committed")
         body = await self.body(request)
 
+        kept: list[int] = []
+
         def parse() -> tuple[list[Any], Any, Any]:
             events = self.events_of(request, body)
-            return (events, *prepare_each(events, self.manager.options))
+            return (events, *prepare_each(events, self.manager.options, kept=kept))
 
         # Parsing and encoding a large body would stall every other request and stream.
         events, rows, errors = parse() if len(body) < 65536 else await asyncio.to_thread(parse)
@@ -209,6 +219,13 @@ class Api:
                 errors=listed,
             )
         self.metrics.received.inc(len(rows))
+        if isinstance(self.manager, BusForwarder):  # the bus carries idempotency keys, not hashes
+            keys = [events[i].get("idempotency_key") for i in kept]
+            if wait:  # 201 once JetStream acknowledged them; the store gives ids when a worker stores them
+                await self.manager.store_rows(rows, keys=keys)
+                return json_response({"accepted": len(rows), "ids": [], "published": True}, 201)
+            self.manager.queue_rows(rows, keys=keys)
+            return json_response({"accepted": len(rows)}, 202)
         if wait:
             ids = await self.manager.store_rows(rows, overflow="raise")
             return json_response({"accepted": len(rows), "ids": ids}, 201)
@@ -279,7 +296,7 @@ class Api:
         async def read(after_id: int) -> tuple[list[StoredEvent], int]:
             return await self.read("stream", lambda: page(after_id))
 
-        return after, follow(read, after, self.signal, closed)
+        return after, follow(read, after, self.signal, closed, poll=self.poll)
 
     async def stream_ws(self, websocket: WebSocket) -> None:
         """WebSocket: ``{"last_id": n}`` first, then ``{"events": [...], "last_id": n}`` messages."""
@@ -538,7 +555,7 @@ def _status_of(exc: CelflowError) -> tuple[int, dict[str, str]]:
 
 
 def create_app(
-    manager: EventPersistenceManager,
+    manager: Sink,
     settings: HttpConfig | None = None,
     *,
     token: str | None = None,

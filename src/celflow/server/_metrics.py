@@ -10,6 +10,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from .._forwarder import BusForwarder
     from .._manager import EventPersistenceManager
 
 __all__ = ["Metrics"]
@@ -22,7 +23,7 @@ class _ManagerCollector(Collector):
     """Reads the manager's counters at scrape time (nothing to keep in sync)."""
 
     def __init__(self) -> None:
-        self.manager: EventPersistenceManager | None = None
+        self.manager: EventPersistenceManager | BusForwarder | None = None
 
     def collect(self) -> Iterator[Metric]:
         if self.manager is None:
@@ -73,7 +74,7 @@ class Metrics:
         """A writer batch observer (runs on the writer thread; prometheus-client is thread-safe)."""
         self.batch_seconds.observe(seconds)
 
-    def render(self, manager: EventPersistenceManager) -> tuple[bytes, str]:
+    def render(self, manager: EventPersistenceManager | BusForwarder) -> tuple[bytes, str]:
         """The exposition text and its content type."""
         self._collector.manager = manager
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,7 +1,8 @@
 """Live streams: the stored events after a cursor, then live ones, read from the database.
 
 Every subscriber reads on from the last id it delivered (``select_after``), a page at a time, and
-waits for the writer's next commit when it has caught up. Ids grow with every commit, so the
+waits for the writer's next commit when it has caught up (on a store other processes write too, a
+PostgreSQL database, it also reads again every second). Ids grow with every commit, so the
 switch from stored to live events has no gap and no duplicate, and a reconnect with ``after``
 resumes exactly. A slow consumer costs the server one page of memory: it falls behind and reads
 on from the database at its own pace (events that retention deletes meanwhile are skipped).
@@ -45,10 +46,13 @@ async def follow(
     after: int,
     signal: CommitSignal,
     closed: asyncio.Event,
+    *,
+    poll: float | None = None,
 ) -> AsyncIterator[tuple[list[StoredEvent], int]]:
     """Pages of events after ``after`` forever; ``read(after_id)`` returns a page and where to go on.
 
-    Ends when ``closed`` is set (the client left) or the server stops.
+    Ends when ``closed`` is set (the client left) or the server stops. ``poll``: also read again
+    after that many seconds without a commit here (other processes write the same store).
     """
     while not closed.is_set() and not signal.stopping.is_set():
         version = signal.version  # before the read: a commit during it is not missed
@@ -62,7 +66,7 @@ async def follow(
             asyncio.ensure_future(signal.stopping.wait()),
         ]
         try:
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waits, timeout=poll, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for waiting in waits:
                 waiting.cancel()

@@ -1,0 +1,198 @@
+"""``celflow run --publish``: the service sends its events to the NATS JetStream bus instead of storing them.
+
+:class:`BusForwarder` offers the service and its HTTP API what they use of an
+:class:`~celflow.EventPersistenceManager` (queue, store, flush, stats), over a
+:class:`~celflow.bus.BusPublisher`. Reads go to ``persistence.database_url`` when one is set (the
+shared store the ingest workers fill), read-only; without one this service keeps nothing to read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from ._config import Config
+from ._database import EventDatabase
+from ._encoding import Row, prepare_each
+from ._exceptions import CelflowError, ManagerStateError
+from ._storage import EventStore
+from ._types import EventQuery
+from .bus import BusPublisher, BusState, shown_url
+
+__all__ = ["BusForwarder"]
+
+log = logging.getLogger("celflow")
+
+#: Seconds between reads of the shared store's totals (for /stats and /metrics), and between
+#: attempts to open it while it cannot be read.
+_REFRESH = 10.0
+
+
+def _totals(store: EventStore) -> tuple[int, int, dict[str, float]]:
+    return store.count_events(EventQuery()), store.last_id(), store.sizes()
+
+
+class BusForwarder:
+    """The service's sink in publish mode: events go to the bus; reads, if any, to the shared store."""
+
+    #: Other processes (the ingest workers) commit to the store read here: live streams poll it.
+    shared_store = True
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.publisher = BusPublisher.from_config(config, name=f"{socket.gethostname()}-{os.getpid()}")
+        #: How rows given to :meth:`queue_rows` must be prepared (never compressed; privacy rules).
+        self.options = self.publisher.options
+        self.read_url = config.persistence.database_url
+        self._reads: EventDatabase | None = None
+        self._read_error: str | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        self._started_at = 0.0
+        self._totals: dict[str, Any] = {"total_events": 0, "last_event_id": 0, "database_size_mb": 0.0}
+        self._refresher: asyncio.Task[None] | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect to the bus (buffering while it is away) and open the shared store for reads."""
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._started_at = time.time()
+        await self.publisher.start()
+        log.info(
+            "publishing to %s (stream %s, subject %s) instead of storing locally",
+            shown_url(self.publisher.url),
+            self.publisher.stream,
+            self.publisher.subject,
+        )
+        if self.read_url:
+            await self._open_reads()
+            self._refresher = asyncio.create_task(self._refresh_loop(), name="celflow-forwarder-reads")
+
+    async def stop(self) -> None:
+        """Send what is buffered (up to 10 s), then close."""
+        if self._refresher is not None:
+            self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
+        await self.publisher.stop()
+        if self._reads is not None:
+            self._reads.close()
+            self._reads = None
+
+    async def _open_reads(self) -> None:
+        try:
+            self._reads = await asyncio.to_thread(EventDatabase, self.read_url, readonly=True)
+        except CelflowError as exc:
+            if self._read_error != str(exc):
+                log.warning("reads are not available yet (retrying every %g s): %s", _REFRESH, exc)
+            self._read_error = str(exc)
+            return
+        self._read_error = None
+        log.info("reads come from %s", shown_url(self.read_url))
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            if self._reads is None:
+                await self._open_reads()
+            if self._reads is not None:
+                try:
+                    total, last, sizes = await asyncio.to_thread(_totals, self._reads.store)
+                    self._totals = {
+                        "total_events": total,
+                        "last_event_id": last,
+                        "database_size_mb": sizes.get("database_size_mb", 0.0),
+                    }
+                except CelflowError as exc:
+                    log.warning("reading the shared store's totals failed: %s", exc)
+            await asyncio.sleep(_REFRESH)
+
+    # -- what the service and the HTTP API use of a manager ------------------------------------
+
+    @property
+    def database(self) -> EventDatabase:
+        """The shared store, read-only; :class:`ManagerStateError` (503) when there is none to read."""
+        if self._reads is not None:
+            return self._reads
+        if not self.read_url:
+            raise ManagerStateError(
+                f"this CelFlow service publishes its events to {shown_url(self.publisher.url)} and stores "
+                "none: read them where the ingest workers store them (set persistence.database_url here "
+                "to that database to read it through this service)"
+            )
+        raise ManagerStateError(f"the shared store cannot be read yet: {self._read_error}")
+
+    def queue_event(self, event: Mapping[str, Any]) -> bool:
+        """Validate and buffer one event: from a capture thread (waiting while the buffer is full,
+        as ``overflow`` says) or on the event loop (raising :class:`QueueFullError` when full)."""
+        loop = self._loop
+        if loop is None or self.publisher.state is not BusState.RUNNING:
+            raise ManagerStateError("the bus publisher is not running")
+        if threading.get_ident() == self._loop_thread:
+            rows, errors = prepare_each([event], self.options)
+            if errors:
+                raise errors[0]
+            self.publisher.offer_rows(rows, [event.get("idempotency_key")] if rows else [])
+            return True
+        waited = self.publisher.queue_timeout + 5.0
+        return asyncio.run_coroutine_threadsafe(self.publisher.publish([event]), loop).result(waited)
+
+    def queue_rows(
+        self, rows: Sequence[Row], *, overflow: str | None = None, keys: Sequence[str | None] | None = None
+    ) -> bool:
+        """On the loop: buffer prepared rows now, or raise :class:`QueueFullError` (the HTTP API's 202/503)."""
+        self.publisher.offer_rows(rows, keys)
+        return True
+
+    async def store_rows(
+        self, rows: Sequence[Row], *, overflow: str | None = None, keys: Sequence[str | None] | None = None
+    ) -> list[int]:
+        """Buffer rows and return once JetStream acknowledged them (``[]``: the store gives ids later)."""
+        if await self.publisher.publish_rows(rows, keys):
+            await self.publisher.flush(self.publisher.queue_timeout + self.publisher.ack_timeout * 3)
+        return []
+
+    async def flush(self) -> None:
+        """Return once JetStream acknowledged every event accepted before this call."""
+        await self.publisher.flush()
+
+    def add_batch_observer(self, observer: Callable[[float, int], None]) -> None:
+        """Nothing is committed here: live streams poll the shared store instead."""
+
+    def get_stats(self) -> dict[str, Any]:
+        """The manager's counters, with the bus's meaning: ``total_stored`` is what JetStream acknowledged."""
+        bus = self.publisher.stats()
+        uptime = time.time() - self._started_at if self._started_at else 0.0
+        running = bus["state"] == BusState.RUNNING.value
+        return {
+            "state": "running" if running else bus["state"],
+            "mode": "publish",
+            "healthy": running and bool(bus["connected"]),
+            "total_stored": bus["published"],
+            "duplicates": bus["duplicates"],
+            "dropped": bus["dropped"],
+            "lost": bus["lost"],
+            "queue_size": bus["buffered"],
+            "max_queue_size": bus["max_buffer"],
+            "batches": bus["messages"],
+            "errors": bus["retries"],
+            "last_error": bus["last_error"],
+            "events_per_second": 0.0,
+            "avg_events_per_second": round(bus["published"] / uptime, 1) if uptime > 0 else 0.0,
+            "uptime_seconds": round(uptime, 3),
+            "privacy_dropped": self.options.privacy.dropped if self.options.privacy is not None else 0,
+            "bus": {"url": shown_url(self.publisher.url), "stream": self.publisher.stream, **bus},
+            "database_stats": {
+                "database_path": shown_url(self.read_url) if self.read_url else None,
+                "wal_size_mb": 0.0,
+                **self._totals,
+            },
+        }

@@ -1,5 +1,6 @@
 """A real PostgreSQL server for the tests: the one on 127.0.0.1:5432 (or ``CELFLOW_TEST_POSTGRES_URL``),
-started with the system's own tools when it is installed but stopped; otherwise a loud skip."""
+started with the system's own tools when it is installed but stopped, installed from Debian's
+package when it is missing (as root, with apt-get); otherwise a loud skip."""
 
 from __future__ import annotations
 
@@ -8,10 +9,14 @@ import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-URL = os.environ.get("CELFLOW_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+from debian import apt_install
+
+DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/test"
+URL = os.environ.get("CELFLOW_TEST_POSTGRES_URL", DEFAULT_URL)
 
 
 def _reachable() -> str | None:
@@ -39,6 +44,29 @@ def _start() -> None:
             )
 
 
+def _install() -> str | None:
+    """Install Debian's PostgreSQL and make its new cluster what the tests expect: trust on
+    127.0.0.1 for ``postgres``, and a ``test`` database. None when done, else why not."""
+    if URL != DEFAULT_URL:
+        return "CELFLOW_TEST_POSTGRES_URL names another server: not installing one"
+    if os.path.isdir("/etc/postgresql"):
+        return None  # installed: _start() is the way
+    why = apt_install("postgresql")
+    if why is not None:
+        return why
+    for version in os.listdir("/etc/postgresql"):
+        hba = Path("/etc/postgresql") / version / "main" / "pg_hba.conf"
+        # a cluster this test run just created: loopback-only trust, as on the machines the tests expect
+        hba.write_text("host all postgres 127.0.0.1/32 trust\n" + hba.read_text())
+    _start()
+    for version in os.listdir("/etc/postgresql"):
+        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "reload"], timeout=60)
+    created = subprocess.run(["runuser", "-u", "postgres", "--", "createdb", "test"], capture_output=True, text=True)
+    if created.returncode != 0 and "already exists" not in created.stderr:
+        return f"createdb test failed: {created.stderr.strip()[-300:]}"
+    return None
+
+
 _why_not: list[str | None] = []
 
 
@@ -49,6 +77,8 @@ def server_url() -> str:
         if why is not None:
             _start()
             why = _reachable()
+        if why is not None and not os.path.isdir("/etc/postgresql"):
+            why = _install() or _reachable()
         _why_not.append(why)
     if _why_not[0] is not None:
         message = f"PostgreSQL is not available, so the PostgreSQL tests are SKIPPED: {_why_not[0]}"

@@ -31,7 +31,7 @@ CLI = "import sys; from celflow.cli import main; sys.exit(main())"
 SECRET = "sk-" + "Q" * 24
 
 
-def _config(tmp_path: Path, bus: NatsServer, *, read_url: str = "") -> Path:
+def _config(tmp_path: Path, bus: NatsServer, *, read_url: str = "", processes: bool = False) -> Path:
     path = tmp_path / "celflow.toml"
     read = f'database_url = "{read_url}"\n' if read_url else ""
     path.write_text(
@@ -42,7 +42,8 @@ database_path = "{tmp_path / "laptop" / "events.db"}"
 
 [capture]
 filesystem = false
-processes = false
+processes = {str(processes).lower()}
+process_interval = 0.2
 
 [http]
 port = {free_port()}
@@ -209,6 +210,27 @@ def test_a_publishing_service_reads_and_follows_the_shared_postgresql_store(
         assert all("[REDACTED]" in e["data"]["note"] for e in followed)
     assert run.stop() == 0, run.text()
     assert worker.stop() == 0, worker.text()
+
+
+def test_captured_events_are_published_from_the_capture_threads(
+    tmp_path: Path, own_nats: NatsServer, started: list[Celflow]
+) -> None:
+    config = _config(tmp_path, own_nats, processes=True)
+    run, client = _service(tmp_path, config, started)
+    with client:
+        time.sleep(0.5)  # the first scan knows the processes running now
+        child = subprocess.Popen(["sleep", "1.5"])
+
+        def seen() -> list[dict[str, Any]]:
+            published, _ = asyncio.run(stream_events(own_nats.url, "LAPTOP"))
+            return [e for e in published if e["event_type"] == "process" and e["data"].get("pid") == child.pid]
+
+        wait_until(lambda: {e["action"] for e in seen()} >= {"start"}, 30, "the child's start")
+        child.wait()  # reaped: no longer a process
+        wait_until(lambda: {e["action"] for e in seen()} >= {"start", "exit"}, 30, "the child's exit")
+        assert client.stats()["total_stored"] >= 2  # acknowledged by JetStream
+    assert run.stop() == 0, run.text()
+    assert not (tmp_path / "laptop" / "events.db").exists()
 
 
 def _total(client: Client) -> int:

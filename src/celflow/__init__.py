@@ -10,6 +10,7 @@ from ._config import CaptureConfig, Config, LoggingConfig, PersistenceConfig, lo
 from ._database import EventDatabase
 from ._encoding import decode_data, prepare_event
 from ._exceptions import (
+    BusError,
     CelflowError,
     ConfigError,
     CorruptDatabaseError,
@@ -37,6 +38,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
     __version__ = "0.0.0"
 
 __all__ = [
+    "BusError",
     "CaptureConfig",
     "CelflowError",
     "Config",

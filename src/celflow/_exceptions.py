@@ -9,6 +9,7 @@ Tree::
     ├── ManagerStateError        the manager was used before start() or after stop()
     ├── ExportError              an export could not be written (file exists, no such folder)
     ├── ServiceError             the HTTP service answered an error or could not be reached
+    ├── BusError                 the NATS bus cannot be used (publisher stopped, unacknowledged, stream mismatch)
     └── PersistenceError         anything the storage layer reports (PEP 249 style)
         ├── DatabaseNotFoundError    no database at the path (read-only opens never create one)
         ├── NotACelflowDatabaseError the file is not SQLite, or not CelFlow's; it was not modified
@@ -27,6 +28,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "BusError",
     "CelflowError",
     "ConfigError",
     "CorruptDatabaseError",
@@ -106,6 +108,11 @@ class OperationalError(PersistenceError):
 
 class QueryTimeoutError(PersistenceError):
     """A read ran past its time limit and was interrupted."""
+
+
+class BusError(CelflowError):
+    """The bus cannot be used: the publisher is not running, events stay unacknowledged, or a
+    stream does not fit the settings."""
 
 
 class ServiceError(CelflowError):

@@ -41,7 +41,7 @@ import orjson
 
 from ._config import Config, PrivacyConfig, parse_config
 from ._encoding import EncodingOptions, Row, prepare_batch, prepare_each
-from ._exceptions import CelflowError, ConfigError, QueueFullError, ValidationError, WriterBusyError
+from ._exceptions import BusError, ConfigError, QueueFullError, ValidationError, WriterBusyError
 from ._privacy import PrivacyRules
 
 if TYPE_CHECKING:
@@ -76,10 +76,6 @@ _HEADROOM = 512
 Overflow = Literal["block", "drop", "raise"]
 _BUS_SCHEMES = ("nats", "tls", "ws", "wss")
 _never_compress = sys.maxsize  # the wire carries the canonical JSON text, not zstd bytes
-
-
-class BusError(CelflowError):
-    """The bus cannot be used: the publisher is not running, or a stream does not fit the settings."""
 
 
 class BusState(enum.Enum):

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import random
 import time
 from typing import Any
 
+import msgspec
 import pytest
 
 from celflow import DatabaseClosedError, EventQuery, EventStore, QueryTimeoutError, ValidationError
-from celflow._encoding import Row, prepare_batch
+from celflow._encoding import Row, data_text, prepare_batch
 
 T0 = 1_700_000_000.0
 
@@ -26,6 +28,57 @@ def rows(n: int, *, start: float = T0, step: float = 1.0, **fields: Any) -> list
         for i in range(n)
     ]
     return prepare_batch(events)
+
+
+def ascii_fold(text: str) -> str:
+    """Lower-case ASCII letters only: how search ignores case (SQLite's LIKE; ``É`` is not ``é``)."""
+    return text.translate({c: c + 32 for c in range(ord("A"), ord("Z") + 1)})
+
+
+def store_texts(store: EventStore, events: list[dict[str, Any]]) -> dict[int, list[str]]:
+    """Store ``events`` (one a second from T0); each id -> the texts search reads, as SQLite keeps them."""
+    batch = prepare_batch([{**e, "timestamp": T0 + i} for i, e in enumerate(events)])
+    ids = store.insert_events(batch).ids or []
+    return {
+        event_id: [row.event_type, row.source, row.action or "", data_text(row.data_json, row.data_compressed)]
+        for event_id, row in zip(ids, batch, strict=True)
+    }
+
+
+def expected_ids(texts: dict[int, list[str]], needle: str) -> set[int]:
+    """The oracle: a literal substring of one of the texts, ASCII letters folded on both sides."""
+    folded = ascii_fold(needle)
+    return {i for i, fields in texts.items() if any(folded in ascii_fold(f) for f in fields)}
+
+
+def found(store: EventStore, needle: str, **filters: Any) -> set[int]:
+    """The ids search finds (after checking that count_events agrees)."""
+    events, _ = store.select_events(EventQuery(search=needle, limit=None, **filters))
+    assert store.count_events(EventQuery(search=needle, **filters)) == len(events), repr(needle)
+    return {e.id for e in events}
+
+
+#: Events whose texts hold what search must take literally: case beyond ASCII, wildcards, escapes,
+#: JSON structure, data SQLite compresses and data jsonb cannot hold.
+SEARCH_EVENTS: list[dict[str, Any]] = [
+    {"event_type": "web", "source": "chrome", "action": "visit", "data": {"url": "https://Chrome.example/100%_done"}},
+    {"event_type": "web", "source": "firefox", "data": {"url": "firefox 100 percent", "q": "a_b", "n": 1}},
+    {"event_type": "file_op", "source": "back\\slash", "action": "it's", "data": {"path": "C:\\Temp\\x.txt"}},
+    {"event_type": 'quote"d', "source": "s", "data": {"text": 'say "hi" AND OR NOT * ( ) : -', "z": [1, 2]}},
+    {"event_type": "Émile", "source": "İstanbul", "action": "ß", "data": {"names": ["ÉMILE", "émile", "straße"]}},
+    {"event_type": "émile", "source": "istanbul", "action": "SS", "data": {"word": "kapı", "other": "KAPI"}},
+    {"event_type": "two\nlines", "source": "tab\there", "data": {"text": "line one\nline two\t\u2028"}},
+    {"event_type": "cjk", "source": "記憶", "data": {"text": "日本語のテキスト", "emoji": "🧠💾"}},
+    {"event_type": "nums", "source": "s", "data": {"big": 1e300, "neg_zero": -0.0, "tiny": 2.5e-300, "x": 2**70}},
+    {"event_type": "nul", "source": "s", "data": {"nul": "a\x00b", "ctl": "\x01\x1f\x7f"}},
+    {"event_type": "big", "source": "capture", "data": {"text": "needle " + "Hay_%\\ " * 400}},
+    {"event_type": "big", "source": "capture", "data": {"text": "ÉCLAIR " + "ü€ " * 400, "tail": "Z_z%"}},
+    {"event_type": "plain", "source": "s", "action": None, "data": None},
+    {"event_type": "plain", "source": "s", "data": [1, 2.5, True, None, "x%y", {"b": 1, "aa": {}}]},
+]
+TOKENS = ["%", "_", "\\", "\\%", "%_", "'", '"', "*", ":", ",", '":', '","', ": ", ", ", "{", "}", "[", "]",
+          "\x00", "a\x00", "é", "É", "ß", "SS", "İ", "ı", "I", "i", "🧠", "\\u0000", "\\u2028", "\u2028", '\\"',
+          "\n", "\t", "\\n", "1e300", "-0.0", "null", "true", "E", "e"]  # fmt: skip
 
 
 class StoreContract:
@@ -161,6 +214,180 @@ class StoreContract:
         store.insert_events(rows(1, data={"text": "needle " + "hay " * 2000}))
         (event,), _ = store.select_events(EventQuery(search="NEEDLE"))
         assert event.data["text"].startswith("needle")
+
+    def test_search_folds_ascii_letters_only(self, store: EventStore) -> None:
+        """É is not é, ß is not ss, İ and ı are not i; ASCII letters match in either case, in every field."""
+        texts = store_texts(
+            store,
+            [
+                {"event_type": "t", "source": "s", "data": {"name": "Émile"}},
+                {"event_type": "t", "source": "s", "data": {"name": "émile"}},
+                {"event_type": "t", "source": "s", "data": {"street": "Straße"}},
+                {"event_type": "t", "source": "s", "data": {"street": "STRASSE"}},
+                {"event_type": "t", "source": "İstanbul", "data": {}},
+                {"event_type": "t", "source": "istanbul", "data": {}},
+                {"event_type": "t", "source": "s", "data": {"word": "kapı"}},
+                {"event_type": "KAPI", "source": "s", "action": "Émile", "data": {}},
+            ],
+        )
+        ids = list(texts)
+        for needle, want in [
+            ("émile", {1}),
+            ("ÉMILE", {0, 7}),
+            ("Émile", {0, 7}),
+            ("mile", {0, 1, 7}),
+            ("MiLe", {0, 1, 7}),
+            ("ß", {2}),
+            ("straße", {2}),
+            ("ss", {3}),
+            ("STRASSE", {3}),
+            ("İstanbul", {4}),
+            ("istanbul", {5}),
+            ("STANBUL", {4, 5}),
+            ("kapı", {6}),
+            ("ı", {6}),
+            ("kapi", {7}),
+            ("KaPi", {7}),
+        ]:
+            assert found(store, needle) == {ids[k] for k in want} == expected_ids(texts, needle), needle
+
+    def test_search_wildcards_and_backslashes_are_literal(self, store: EventStore) -> None:
+        """%, _ and \\ are plain characters; search reads the JSON text, where a backslash is written twice."""
+        texts = store_texts(
+            store,
+            [
+                {"event_type": "t", "source": "back\\slash", "data": {}},
+                {"event_type": "t", "source": "s", "data": {"path": "C:\\Temp"}},  # JSON text: "C:\\\\Temp"
+                {"event_type": "t", "source": "s", "data": {"p": "100%"}},
+                {"event_type": "t", "source": "s", "data": {"p": "a_b"}},
+                {"event_type": "t", "source": "s", "data": {"p": "aXb"}},
+            ],
+        )
+        ids = list(texts)
+        for needle, want in [
+            ("\\", {0, 1}),
+            ("k\\s", {0}),
+            ("C:\\\\T", {1}),
+            ("C:\\T", set()),
+            ("%", {2}),
+            ("0%", {2}),
+            ("1%", set()),
+            ("a_b", {3}),
+            ("_", {3}),
+            ("a%b", set()),
+        ]:
+            assert found(store, needle) == {ids[k] for k in want} == expected_ids(texts, needle), needle
+
+    def test_search_reads_data_in_every_stored_form(self, store: EventStore) -> None:
+        """Data over the compression threshold, and data jsonb cannot hold (1e300, -0.0, NUL), is searched."""
+        texts = store_texts(
+            store,
+            [
+                {"event_type": "t", "source": "s", "data": {"text": "Needle " + "hay " * 2000}},  # compressed
+                {"event_type": "t", "source": "s", "data": {"big": 1e300, "neg_zero": -0.0}},
+                {"event_type": "t", "source": "s", "data": {"nul": "a\x00b"}},
+                {"event_type": "t", "source": "s", "data": {"plain": 1}},
+            ],
+        )
+        ids = list(texts)
+        for needle, want in [
+            ("NEEDLE", {0}),
+            ("hay hay", {0}),
+            ("1E+300", {1}),
+            ('"neg_zero":-0.0', {1}),
+            ("\\u0000", {2}),  # the JSON escape, as text
+            ("a\x00b", set()),  # a NUL: JSON text never holds one raw
+            ("\x00", set()),
+        ]:
+            assert found(store, needle) == {ids[k] for k in want} == expected_ids(texts, needle), needle
+        for event_id, data in ((ids[1], {"big": 1e300, "neg_zero": -0.0}), (ids[2], {"nul": "a\x00b"})):
+            (event,) = store.select_after(event_id - 1, EventQuery(limit=1))
+            assert event.data == data and repr(event.data) == repr(data)
+
+    def test_search_reads_type_source_action_and_the_json_text(self, store: EventStore) -> None:
+        """Each field is searched on its own (never across two) and the data as its compact JSON text."""
+        texts = store_texts(
+            store,
+            [
+                {"event_type": "alpha_type", "source": "beta_source", "action": "gamma_act", "data": {"delta": 1}},
+                {"event_type": "two\nlines", "source": "src2", "data": {"b": 2, "aa": [True, None]}},
+                {"event_type": "other", "source": "s", "data": {}},
+            ],
+        )
+        ids = list(texts)
+        for needle, want in [
+            ("ALPHA", {0}),
+            ("beta_s", {0}),
+            ("GAMMA_act", {0}),
+            ("_type", {0}),
+            ('{"delta":1}', {0}),
+            ('"delta": 1', set()),  # jsonb's spacing is not the stored text
+            ('{"aa":[true,null],"b":2}', {1}),  # keys sorted, compact
+            ("type\nbeta", set()),  # across two fields
+            ("alpha_typebeta", set()),
+            ("two\nlines", {1}),
+            ("lines\nsrc2", set()),
+            ("o\nl", {1}),
+        ]:
+            assert found(store, needle) == {ids[k] for k in want} == expected_ids(texts, needle), needle
+
+    @pytest.mark.parametrize("order", ["desc", "asc"])
+    def test_search_with_filters_pages_and_select_after(self, store: EventStore, order: str) -> None:
+        """Search combines with time, type and source filters, pages with the cursor and reads on by id."""
+        store.insert_events(rows(120, step=0.5))
+        # "number 1" is in 1, 10-19 and 100-119; app_focus is i % 3 == 1; window is i % 4 == 1
+        want = [i for i in range(120) if f"number {i}".startswith("number 1") and i % 3 == 1 and i >= 10]
+        query = EventQuery(search="NUMBER 1", event_type="app_focus", start_time=T0 + 5, limit=3, order=order)  # type: ignore[arg-type]
+        seen: list[float] = []
+        cursor = None
+        while True:
+            page, cursor = store.select_events(msgspec.structs.replace(query, cursor=cursor))
+            seen.extend(e.timestamp for e in page)
+            if cursor is None:
+                break
+        expected = [T0 + i * 0.5 for i in want]
+        assert seen == (expected if order == "asc" else expected[::-1])
+        assert store.count_events(msgspec.structs.replace(query, limit=None)) == len(want)
+        both = EventQuery(search="number 1", event_type="app_focus", source="window", start_time=T0 + 5, limit=None)
+        assert {e.timestamp for e in store.select_events(both)[0]} == {T0 + i * 0.5 for i in want if i % 4 == 1}
+        after = store.select_after(0, EventQuery(search="NUMBER 11", limit=None))
+        assert [e.timestamp for e in after] == [T0 + i * 0.5 for i in (11, *range(110, 120))]
+
+    def test_search_agrees_with_a_python_oracle(self, store: EventStore) -> None:
+        """Seeded random needles (substrings, case changes, wildcards, escapes, Unicode) match as the oracle says."""
+        texts = store_texts(store, SEARCH_EVENTS)
+        rng = random.Random(20240501)
+        pieces = [f for fields in texts.values() for f in fields if f]
+        alphabet = "%_\\'\":,{}[]aAzZéÉıİß \n\t\x00"
+        for _ in range(400):
+            kind = rng.randrange(6)
+            if kind == 0:
+                needle = rng.choice(TOKENS)
+            elif kind == 5:
+                needle = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 6)))
+            else:
+                text = rng.choice(pieces)
+                start = rng.randrange(len(text))
+                needle = text[start : start + rng.randint(1, 14)]
+                if kind == 2:
+                    needle = "".join(c.swapcase() if c.isascii() and rng.random() < 0.5 else c for c in needle)
+                elif kind == 3:
+                    needle = needle.upper() if rng.random() < 0.5 else needle.lower()  # Unicode case too
+                elif kind == 4:
+                    needle += rng.choice(TOKENS)
+            assert found(store, needle) == expected_ids(texts, needle), repr(needle)
+
+    def test_search_length_and_text_are_checked(self, store: EventStore) -> None:
+        """A search past 1,000 characters, or with a lone surrogate, is a ValidationError naming search."""
+        texts = store_texts(store, [{"event_type": "t", "source": "s", "data": {"text": "%_" * 600}}])
+        for needle in ("x" * 1001, "ab\ud800"):
+            with pytest.raises(ValidationError) as refused:
+                store.select_events(EventQuery(search=needle))
+            assert refused.value.field == "search"
+            with pytest.raises(ValidationError):
+                store.count_events(EventQuery(search=needle))
+        assert found(store, "%_" * 500) == expected_ids(texts, "%_" * 500) == set(texts)  # at the limit
+        assert found(store, "%_" * 499 + "\\") == set()
 
     def test_counts(self, store: EventStore) -> None:
         """count_events and count_by agree with the rows."""

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
+from typing import Any
 
+import psycopg
 import pytest
+import zstandard
+from psycopg import sql
 
 from celflow import EventQuery, EventStore
-from celflow._encoding import prepare_batch
-from celflow._postgres import PostgresStore
+from celflow._encoding import data_text, decode_data, encode_data, prepare_batch
+from celflow._postgres import _SCHEMA, PostgresStore, _split_schema
 from pg_server import pg_url
 from store_contract import T0, StoreContract, rows
 
@@ -41,13 +46,14 @@ def test_events_are_partitioned_by_day_and_retention_drops_days(pg_url: str) -> 
 
 
 def test_data_jsonb_cannot_keep_is_stored_exactly(pg_url: str) -> None:
-    """Floats in exponent form, -0.0 and NUL characters come back exactly as sent."""
+    """Floats in exponent form, -0.0 and NUL characters come back exactly as sent, keys in their order."""
     store = PostgresStore(pg_url)
     try:
-        data = {"big": 1e300, "neg_zero": -0.0, "nul": "a\x00b", "tiny": 2.5e-300, "int": 2**62, "f": 0.1}
+        data = {"big": 1e300, "f": 0.1, "int": 2**62, "neg_zero": -0.0, "nul": "a\x00b", "tiny": 2.5e-300}
         (event_id,) = store.insert_events(prepare_batch([{"event_type": "t", "source": "s", "data": data}])).ids or []
         (event,) = store.select_after(event_id - 1, EventQuery(limit=1))
         assert event.data == data and type(event.data["big"]) is float and str(event.data["neg_zero"]) == "-0.0"
+        assert list(event.data) == list(data)  # sorted, as written (jsonb would put "f" first: keys by length)
     finally:
         store.close()
 
@@ -63,3 +69,92 @@ def test_two_stores_dedup_the_same_batch(pg_url: str) -> None:
     finally:
         first.close()
         second.close()
+
+
+# -- schema 1 ------------------------------------------------------------------------------------
+
+
+def _connect(url: str) -> psycopg.Connection[Any]:
+    base, schema = _split_schema(url)
+    conn = psycopg.connect(base, autocommit=True)
+    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema or "public")))
+    conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema or "public")))
+    return conn
+
+
+#: jsonb could not hold these as written: schema 1 kept them zstd-compressed (its _NOT_JSONB).
+_V1_NOT_JSONB = re.compile(r"[0-9][eE][+-]?[0-9]|-0\.0(?![0-9])|\\u0000")
+
+
+def _schema_1(url: str, events: list[dict[str, Any]]) -> None:
+    """A schema 1 as the previous CelFlow wrote it: data jsonb, what jsonb cannot hold compressed, counters."""
+    statements = [s.replace("data_json json,", "data_json jsonb,") for s in _SCHEMA]
+    assert sum(a != b for a, b in zip(statements, _SCHEMA, strict=True)) == 1  # the one difference
+    batch = prepare_batch(events)
+    with _connect(url) as conn:
+        for statement in statements:
+            conn.execute(statement)
+        conn.execute("INSERT INTO celflow_meta (key, value) VALUES ('schema_version', '1')")
+        for day in sorted({int(row.timestamp // 86400) for row in batch}):
+            bounds = f"FROM ({day * 86400}) TO ({(day + 1) * 86400})"
+            conn.execute(f"CREATE TABLE events_d{day} PARTITION OF events FOR VALUES {bounds}")
+        for row in batch:
+            text = data_text(row.data_json, row.data_compressed)
+            blob = zstandard.ZstdCompressor().compress(text.encode()) if _V1_NOT_JSONB.search(text) else None
+            conn.execute(
+                "INSERT INTO events (timestamp, event_type, action, source, data_json, data_compressed, hash) "
+                "VALUES (%s, %s, %s, %s, %s::jsonb, %s, %s)",
+                (row.timestamp, row.event_type, row.action, row.source, None if blob else text, blob, row.hash),
+            )
+        for kind in ("event_type", "source"):
+            conn.execute(
+                f"INSERT INTO event_counts SELECT %s, floor(timestamp / 60)::bigint, {kind}, count(*) "
+                "FROM events GROUP BY 2, 3",
+                (kind,),
+            )
+
+
+_V1_EVENTS: list[dict[str, Any]] = [
+    {"event_type": "t", "source": "s", "timestamp": T0 + i, "data": {"i": i, "text": f"event number {i}"}}
+    for i in range(40)
+] + [
+    {"event_type": "num", "source": "s", "timestamp": T0 + 50, "data": {"big": 1e300, "neg_zero": -0.0}},
+    {"event_type": "nul", "source": "s", "timestamp": T0 + 51, "data": {"nul": "a\x00b", "b": 1, "aa": 2}},
+    {"event_type": "big", "source": "s", "timestamp": T0 + 86400, "data": {"log": "Needle " + "hay " * 500}},
+]
+
+
+def test_schema_1_is_read_as_it_is_and_upgraded_by_a_writer(pg_url: str) -> None:
+    """A reader reads schema 1 unchanged; a writer rewrites its data as canonical json, searchable like SQLite's."""
+    _schema_1(pg_url, _V1_EVENTS)
+    expected = [e["data"] for e in _V1_EVENTS]
+    reader = PostgresStore(pg_url, readonly=True)
+    try:
+        events, _ = reader.select_events(EventQuery(limit=None, order="asc"))
+        assert [e.data for e in events] == expected and reader.stats()["schema_version"] == 1
+        assert reader.count_events(EventQuery(search="NUMBER 39")) == 1  # search works, on jsonb's text
+    finally:
+        reader.close()
+    writer = PostgresStore(pg_url)
+    try:
+        assert writer.stats()["schema_version"] == 2
+        events, _ = writer.select_events(EventQuery(limit=None, order="asc"))
+        assert [e.data for e in events] == expected
+        canonical = [decode_data(encode_data(d).decode(), None) for d in expected]  # keys sorted, as SQLite has them
+        assert [repr(e.data) for e in events] == [repr(d) for d in canonical]  # -0.0 too
+        assert writer.count_by("event_type", EventQuery()) == {"t": 40, "num": 1, "nul": 1, "big": 1}
+        for needle, n in (('"i":3,', 1), ('"i": 3', 0), ("1E+300", 1), ("\\u0000", 1), ('"aa":2,"b":1', 1)):
+            assert writer.count_events(EventQuery(search=needle)) == n, needle
+        assert writer.count_events(EventQuery(search="needle hay")) == 1
+        writer.insert_events(rows(3, start=T0 + 100))
+        assert writer.count_events(EventQuery()) == len(_V1_EVENTS) + 3
+    finally:
+        writer.close()
+    with _connect(pg_url) as conn:
+        assert conn.execute("SELECT value FROM celflow_meta WHERE key = 'schema_version'").fetchone() == ("2",)
+        assert conn.execute(
+            "SELECT data_type FROM information_schema.columns WHERE table_schema = current_schema() "
+            "AND table_name = 'events' AND column_name = 'data_json'"
+        ).fetchone() == ("json",)
+        assert conn.execute("SELECT count(*) FROM events WHERE data_compressed IS NOT NULL").fetchone() == (0,)
+    PostgresStore(pg_url).close()  # opened again: nothing left to do

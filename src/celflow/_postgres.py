@@ -1,34 +1,38 @@
-"""The PostgreSQL backend of the storage contract: day partitions, jsonb data, COPY ingest.
+"""The PostgreSQL backend of the storage contract: day partitions, JSON data, COPY ingest.
 
 - ``events`` is partitioned by range of ``timestamp`` into one table per UTC day
   (``events_d<day number>``), created on demand; retention drops whole days and deletes rows
   only in the day the cutoff falls in.
-- Data is ``jsonb``. jsonb rewrites some numbers (``1e300`` comes back as a 301-digit integer,
-  ``-0.0`` as ``0.0``) and refuses NUL characters, so data holding a float in exponent form,
-  ``-0.0`` or ``\\u0000`` is kept exactly as zstd-compressed JSON in ``data_compressed`` instead
-  (search does not look inside those rows).
+- Data is ``json``: the canonical JSON text CelFlow wrote (sorted keys, compact), exactly as SQLite
+  keeps it, so reads give it back as written (``1e300``, ``-0.0``, ``\\u0000`` too) and search reads
+  the same text. (Schema 1 used ``jsonb``, which rewrites the text: ``{"b": 1, "aa": 2}``, spaces
+  and keys by length; it kept data jsonb could not hold in ``data_compressed``. Opening a schema 1
+  for writing rewrites its data in the canonical form; ``data_compressed`` is NULL from then on.)
+- Search follows SQLite's rules (:func:`celflow._sqlite._search_clause`): a literal substring of the
+  type, source, action or JSON text, ASCII letters folded (``lower()`` under ``COLLATE "C"``; not
+  ILIKE, which folds ``É``/``é`` by the database's locale).
 - A batch is COPYed into a temporary table, then moved with ``INSERT ... ON CONFLICT DO NOTHING``
   on the unique ``(timestamp, hash)`` index, so dedup holds across any number of writers. The
   move takes a transaction-level advisory lock: ids are then given in commit order, which is what
-  a live stream reading "ids after the last one seen" relies on (the COPYs still run in parallel).
-- Per-minute counters as in SQLite (``event_counts``), kept in each batch's transaction and by a
-  delete trigger; a dropped day subtracts its minutes.
+  a live stream reading "ids after the last one seen" relies on. Only the move, the counters and
+  the commit run under it: the COPYs, and the parsing of their JSON, run in parallel.
+- Per-minute counters as in SQLite (``event_counts``), kept in each batch's transaction (computed in
+  the move's own statement from the rows it inserted) and by a delete trigger; a dropped day
+  subtracts its minutes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import re
 import threading
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import msgspec
 
-from ._encoding import Row, _zstd_compressor, data_text, decode_data, encode_data
+from ._encoding import MAX_SEARCH_LENGTH, Row, _check_text, data_text, decode_data, encode_data
 from ._exceptions import (
     DatabaseClosedError,
     OperationalError,
@@ -51,13 +55,22 @@ except ImportError:  # pragma: no cover - the extra is not installed
 
 __all__ = ["PostgresStore", "is_postgres_url"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: data is json (was jsonb)
 DAY = 86_400
 _GROUP_COLUMNS = ("event_type", "source", "action")
 _INT64 = 2**63
-#: jsonb would not give these back as written: a float with an exponent (1e16 -> 10000000000000000,
-#: an int), -0.0, or a NUL character (refused). Matching inside a string only costs jsonb for that row.
-_NOT_JSONB = re.compile(r"[0-9][eE][+-]?[0-9]|-0\.0(?![0-9])|\\u0000")
+
+#: What search reads: the fields joined by newlines, ASCII letters lower-cased (lower() under "C"
+#: folds nothing else), compared with LIKE (bytes).
+#: A needle without a newline cannot match across two fields; one with a newline is also checked
+#: field by field (JSON text holds no raw newline, a name may).
+_SEARCH_TEXT = (
+    "lower((event_type || E'\\n' || source || E'\\n' || coalesce(action, '') || E'\\n' || "
+    "coalesce(data_json::text, '')) COLLATE \"C\")"
+)
+_SEARCH_FIELDS = " OR ".join(
+    f'lower({field} COLLATE "C") LIKE %s' for field in ("event_type", "source", "action", "data_json::text")
+)
 
 _EVENT_COLUMNS = (
     "id, timestamp, event_type, action, source, data_json::text, data_compressed, hash, processed, "
@@ -73,7 +86,7 @@ _SCHEMA = [
         event_type text NOT NULL,
         action text,
         source text NOT NULL,
-        data_json jsonb,
+        data_json json,
         data_compressed bytea,
         hash text,
         processed boolean DEFAULT false,
@@ -123,16 +136,28 @@ _SCHEMA = [
     "CREATE TRIGGER events_counts_delete AFTER DELETE ON events FOR EACH ROW EXECUTE FUNCTION celflow_count_deleted()",
 ]
 
+# data_json is json here already: COPY parses it, outside the move's lock
 _STAGING = (
     "CREATE TEMP TABLE IF NOT EXISTS celflow_staging (ord integer, timestamp double precision, event_type text, "
-    "action text, source text, data_json text, data_compressed bytea, hash text) ON COMMIT DELETE ROWS"
+    "action text, source text, data_json json, hash text) ON COMMIT DELETE ROWS"
 )
-_MOVE = (
-    "INSERT INTO events (timestamp, event_type, action, source, data_json, data_compressed, hash) "
-    "SELECT timestamp, event_type, action, source, data_json::jsonb, data_compressed, hash "
-    "FROM celflow_staging ORDER BY ord ON CONFLICT (timestamp, hash) DO NOTHING RETURNING id, timestamp, hash, "
-    "event_type, source"
+#: The move and the counters of the rows it inserted, in one statement; ``{result}`` is what it returns.
+_MOVE = """WITH moved AS (
+    INSERT INTO events (timestamp, event_type, action, source, data_json, hash)
+    SELECT timestamp, event_type, action, source, data_json, hash FROM celflow_staging ORDER BY ord
+    ON CONFLICT (timestamp, hash) DO NOTHING
+    RETURNING id, timestamp, hash, event_type, source
+), counted AS (
+    INSERT INTO event_counts AS c (kind, minute, name, n)
+    SELECT kind, minute, name, count(*) FROM (
+        SELECT 'event_type' AS kind, floor(timestamp / 60)::bigint AS minute, event_type AS name FROM moved
+        UNION ALL SELECT 'source', floor(timestamp / 60)::bigint, source FROM moved
+    ) AS k GROUP BY kind, minute, name ORDER BY kind, minute, name
+    ON CONFLICT (kind, minute, name) DO UPDATE SET n = c.n + excluded.n
 )
+SELECT {result} FROM moved"""
+_MOVE_IDS = _MOVE.format(result="id, timestamp, hash")
+_MOVE_COUNT = _MOVE.format(result="count(*)")
 _INSERT_LOCK = 0x43454C46  # pg_advisory_xact_lock key of the move step ("CELF")
 
 
@@ -160,6 +185,26 @@ def _check_int64(value: int | None, field: str) -> None:
         raise ValidationError(f"{field} {value} is too large: ids are 64-bit integers", field=field)
 
 
+def _search_clause(needle: str) -> tuple[str, list[Any]]:
+    """SQLite's search (:func:`celflow._sqlite._search_clause`) in PostgreSQL: the same matches.
+
+    A literal substring of the type, source, action or JSON text, ASCII letters folded on both
+    sides. No text PostgreSQL stores holds a NUL (JSON writes ``\\u0000``; names with one are
+    refused, the only place SQLite's search can find one), so a needle with one matches nothing.
+    """
+    if len(needle) > MAX_SEARCH_LENGTH:  # the same limit as SQLite's, whose LIKE has one
+        raise ValidationError(
+            f"search is {len(needle)} characters long; the limit is {MAX_SEARCH_LENGTH}", field="search"
+        )
+    _check_text(needle, "search")
+    if "\x00" in needle:
+        return "false", []
+    like = _like_pattern(needle.encode().lower().decode())  # bytes.lower() folds ASCII letters only
+    if "\n" in needle:  # it could match across the newline joining two fields: each field too
+        return f"{_SEARCH_TEXT} LIKE %s AND ({_SEARCH_FIELDS})", [like] * 5
+    return f"{_SEARCH_TEXT} LIKE %s", [like]
+
+
 def _row_to_event(row: Sequence[Any]) -> StoredEvent:
     blob = bytes(row[6]) if row[6] is not None else None
     return StoredEvent(row[0], row[1], row[2], row[3], row[4], decode_data(row[5], blob), row[7], bool(row[8]), row[9])
@@ -176,6 +221,7 @@ class PostgresStore:
         self.url, self.schema = _split_schema(url)
         self.path = _shown(url)
         self.readonly = readonly
+        self.schema_version = SCHEMA_VERSION  # the schema's own, once open (a reader leaves an older one as it is)
         self._closed = False
         self._local = threading.local()
         self._known_days: set[int] = set()  # day partitions known to exist (added after each commit)
@@ -253,30 +299,83 @@ class PostgresStore:
             return list(conn.execute(sql, params).fetchall())
 
     def _migrate(self) -> None:
+        """Create the schema, or bring an older one up to date (writers only), under an advisory lock."""
         with self._conn() as conn:
-            exists = conn.execute("SELECT to_regclass('celflow_meta') IS NOT NULL").fetchone()[0]
-            if exists:
-                version = int(conn.execute("SELECT value FROM celflow_meta WHERE key = 'schema_version'").fetchone()[0])
-                if version > SCHEMA_VERSION:
-                    raise SchemaVersionError(
-                        f"{self.path} was written by a newer CelFlow (schema version {version}; this version "
-                        f"understands up to {SCHEMA_VERSION}). Upgrade CelFlow to use it."
-                    )
-                return
+            version = self._schema_version(conn)
             if self.readonly:
-                raise SchemaVersionError(f"{self.path} has no CelFlow schema yet; open it once for writing")
+                if version is None:
+                    raise SchemaVersionError(f"{self.path} has no CelFlow schema yet; open it once for writing")
+                self.schema_version = version  # schema 1 reads as it was (search reads jsonb's text)
+                return
+            if version == SCHEMA_VERSION:
+                return
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_INSERT_LOCK + 1,))
-            # pg_class, not to_regclass: the name lookup's cache still says "no such table" when another
-            # process created it while this one waited for the lock ("relation celflow_meta already exists")
-            created = conn.execute(
-                "SELECT EXISTS (SELECT 1 FROM pg_class WHERE relname = 'celflow_meta' "
-                "AND relnamespace = current_schema()::regnamespace)"
-            ).fetchone()[0]
-            if created:
-                return  # another process created it meanwhile
-            for statement in _SCHEMA:
-                conn.execute(statement)
-            conn.execute("INSERT INTO celflow_meta (key, value) VALUES ('schema_version', %s)", (str(SCHEMA_VERSION),))
+            version = self._schema_version(conn)  # again: another process may have done it meanwhile
+            if version is None:
+                for statement in _SCHEMA:
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO celflow_meta (key, value) VALUES ('schema_version', %s)", (str(SCHEMA_VERSION),)
+                )
+            elif version == 1:
+                self._upgrade_1_to_2(conn)
+
+    def _schema_version(self, conn: Any) -> int | None:
+        """The schema's version (None: no CelFlow schema); a newer one than this code knows is an error."""
+        # pg_class, not to_regclass: the name lookup's cache still says "no such table" when another
+        # process created it while this one waited for the lock ("relation celflow_meta already exists")
+        exists = conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_class WHERE relname = 'celflow_meta' "
+            "AND relnamespace = current_schema()::regnamespace)"
+        ).fetchone()[0]
+        if not exists:
+            return None
+        version = int(conn.execute("SELECT value FROM celflow_meta WHERE key = 'schema_version'").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"{self.path} was written by a newer CelFlow (schema version {version}; this version "
+                f"understands up to {SCHEMA_VERSION}). Upgrade CelFlow to use it."
+            )
+        return version
+
+    def _upgrade_1_to_2(self, conn: Any) -> None:
+        """Schema 1 -> 2: data becomes ``json`` holding the canonical text SQLite would hold.
+
+        jsonb kept the values but not the text (spaces, keys by length) and ``data_compressed`` the
+        rest; each row is read, re-encoded as :func:`encode_data` writes it (the compressed ones
+        decompressed as they are) and written to a new column, which then replaces the old one.
+        """
+        conn.execute("ALTER TABLE events ADD COLUMN data_v2 json")
+        conn.execute("CREATE TEMP TABLE celflow_upgrade (id bigint, data json) ON COMMIT DROP")
+        for day in self._days(conn):
+            table = sql.Identifier(f"events_d{int(day)}")
+            last = -_INT64
+            while True:
+                page = conn.execute(
+                    sql.SQL(
+                        "SELECT id, data_json::text, data_compressed FROM {} WHERE id > %s ORDER BY id LIMIT 20000"
+                    ).format(table),
+                    (last,),
+                ).fetchall()
+                if not page:
+                    break
+                with conn.cursor().copy("COPY celflow_upgrade (id, data) FROM STDIN") as copy:
+                    for event_id, text, blob in page:
+                        if blob is not None:
+                            copy.write_row((event_id, data_text(None, bytes(blob))))
+                        elif text is not None:
+                            copy.write_row((event_id, encode_data(decode_data(text, None)).decode()))
+                conn.execute(
+                    sql.SQL(
+                        "UPDATE {} AS e SET data_v2 = u.data, data_json = NULL, data_compressed = NULL "
+                        "FROM celflow_upgrade u WHERE e.id = u.id"
+                    ).format(table)
+                )
+                conn.execute("TRUNCATE celflow_upgrade")
+                last = page[-1][0]
+        conn.execute("ALTER TABLE events DROP COLUMN data_json")
+        conn.execute("ALTER TABLE events RENAME COLUMN data_v2 TO data_json")
+        conn.execute("UPDATE celflow_meta SET value = %s WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
 
     # -- the storage contract ------------------------------------------------------------------
 
@@ -322,45 +421,26 @@ class PostgresStore:
         self._ensure_days(days)
         with self._conn() as conn:
             with conn.cursor().copy(
-                "COPY celflow_staging (ord, timestamp, event_type, action, source, data_json, data_compressed, hash) "
-                "FROM STDIN"
+                "COPY celflow_staging (ord, timestamp, event_type, action, source, data_json, hash) FROM STDIN"
             ) as copy:
                 for i, row in enumerate(rows):
-                    data_json, data_compressed = row.data_json, row.data_compressed
-                    if data_compressed is not None:  # large data: jsonb (TOAST compresses it) when it can be
-                        text = data_text(None, data_compressed)
-                        if not _NOT_JSONB.search(text):
-                            data_json, data_compressed = text, None
-                    elif data_json is not None and _NOT_JSONB.search(data_json):
-                        data_compressed = _zstd_compressor(3).compress(data_json.encode())
-                        data_json = None
-                    copy.write_row(
-                        (i, row.timestamp, row.event_type, row.action, row.source, data_json, data_compressed, row.hash)
-                    )
+                    data_json = row.data_json
+                    if row.data_compressed is not None:  # large data: TOAST compresses it
+                        data_json = data_text(None, row.data_compressed)
+                    copy.write_row((i, row.timestamp, row.event_type, row.action, row.source, data_json, row.hash))
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_INSERT_LOCK,))
-            new = conn.execute(_MOVE).fetchall()
-            if new:
-                self._count(conn, new)
-            ids = self._resolve_ids(conn, rows, new) if want_ids else None
+            if want_ids:
+                new = conn.execute(_MOVE_IDS).fetchall()
+                ids = self._resolve_ids(conn, rows, new)
+                inserted = len(new)
+            else:
+                ids, inserted = None, int(conn.execute(_MOVE_COUNT).fetchone()[0])
         self._known_days |= days
-        return InsertResult(ids, len(new), len(rows) - len(new))
-
-    @staticmethod
-    def _count(conn: Any, new: list[Any]) -> None:
-        counts: Counter[tuple[str, int, str]] = Counter()
-        for _, ts, _, event_type, source in new:
-            minute = math.floor(ts / 60)
-            counts["event_type", minute, event_type] += 1
-            counts["source", minute, source] += 1
-        conn.cursor().executemany(
-            "INSERT INTO event_counts (kind, minute, name, n) VALUES (%s, %s, %s, %s) "
-            "ON CONFLICT (kind, minute, name) DO UPDATE SET n = event_counts.n + excluded.n",
-            [(k, m, name, n) for (k, m, name), n in sorted(counts.items())],
-        )
+        return InsertResult(ids, inserted, len(rows) - inserted)
 
     @staticmethod
     def _resolve_ids(conn: Any, rows: Sequence[Row], new: list[Any]) -> list[int]:
-        by_key = {(ts, digest): event_id for event_id, ts, digest, _, _ in new}
+        by_key = {(ts, digest): event_id for event_id, ts, digest in new}
         missing = [(row.timestamp, row.hash) for row in rows if (row.timestamp, row.hash) not in by_key]
         if missing:
             found = conn.execute(
@@ -386,9 +466,9 @@ class PostgresStore:
                 clauses.append(f"{column} = %s")
                 params.append(value)
         if query.search:
-            like = _like_pattern(query.search)
-            clauses.append("(event_type ILIKE %s OR source ILIKE %s OR action ILIKE %s OR data_json::text ILIKE %s)")
-            params.extend([like] * 4)
+            clause, values = _search_clause(query.search)
+            clauses.append(clause)
+            params.extend(values)
         if query.cursor is not None:
             ts, event_id = decode_cursor(query.cursor)
             op = "<" if query.order == "desc" else ">"
@@ -396,15 +476,19 @@ class PostgresStore:
             params.extend([ts, event_id])
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
-    def select_events(self, query: EventQuery) -> tuple[list[StoredEvent], str | None]:
-        """Events matching ``query`` in time order, and the cursor of the next page (or None)."""
+    def _select_sql(self, query: EventQuery) -> tuple[str, list[Any]]:
+        """The statement of :meth:`select_events` and its parameters (tests EXPLAIN it)."""
         where, params = self._where(query)
         direction = "DESC" if query.order == "desc" else "ASC"
-        sql = f"SELECT {_EVENT_COLUMNS} FROM events{where} ORDER BY timestamp {direction}, id {direction}"
+        statement = f"SELECT {_EVENT_COLUMNS} FROM events{where} ORDER BY timestamp {direction}, id {direction}"
         if query.limit is not None:
-            sql += " LIMIT %s"
+            statement += " LIMIT %s"
             params.append(query.limit)
-        events = [_row_to_event(r) for r in self._read(sql, params)]
+        return statement, params
+
+    def select_events(self, query: EventQuery) -> tuple[list[StoredEvent], str | None]:
+        """Events matching ``query`` in time order, and the cursor of the next page (or None)."""
+        events = [_row_to_event(r) for r in self._read(*self._select_sql(query))]
         cursor = None
         if query.limit is not None and events and len(events) == query.limit:
             cursor = encode_cursor(events[-1].timestamp, events[-1].id)
@@ -609,7 +693,7 @@ class PostgresStore:
         by_type = self.count_by("event_type", EventQuery())
         return {
             "database_path": self.path,
-            "schema_version": SCHEMA_VERSION,
+            "schema_version": self.schema_version,
             "total_events": sum(by_type.values()),
             "oldest_event": oldest,
             "newest_event": newest,

@@ -9,6 +9,10 @@ every offered row (duplicates included) over the wall time, and the table shows 
 
 - ``sqlite``: one ``SQLiteStore`` (WAL, ``synchronous=NORMAL``): the baseline of the ratios;
 - ``pg_1``: one ``PostgresStore`` (COPY into a staging table, then the ordered ``ON CONFLICT`` move);
+  the days it writes have no search index yet (a day gets one once finished, by ``build_search_index``);
+- ``pg_1_indexed``: the same into days that have their pg_trgm search index already (every partition
+  created and indexed before the clock starts): what writing late events into finished days costs,
+  and what a trigram index kept on every day would cost all ingest;
 - ``pg_1_async``: the same with ``synchronous_commit=off`` (a libpq ``options`` parameter of the URL):
   like SQLite's NORMAL, a crash may lose the last commits but never corrupts;
 - ``pg_N``: ``--writers`` (4) processes, each with its own ``PostgresStore``, the batches dealt round-robin;
@@ -17,8 +21,11 @@ every offered row (duplicates included) over the wall time, and the table shows 
 Every run checks that the target holds exactly the events SQLite kept (dedup across writers too).
 Queries run on the last repeat's SQLite file and ``pg_1`` schema (the same events) through the
 store contract, with the same seeded arguments on both; p50 and p99 of ``--query-samples`` timings
-(at most ``--query-budget`` seconds past 5). Last, ``migrate_history`` copies the SQLite file into a
-new schema (events/s, peak RssAnon growth) and runs again (everything already there).
+(at most ``--query-budget`` seconds past 5). Before them, ``build_search_index`` indexes that
+schema's finished days (timed: events/s) and ``optimize`` runs ANALYZE; the plan of the rare
+search is printed (``Bitmap Index Scan`` on the indexed days, ``Seq Scan`` on today's). Last,
+``migrate_history`` copies the SQLite file into a new schema (events/s, peak RssAnon growth) and
+runs again (everything already there).
 
 The server is the one at ``--url`` (default ``$CELFLOW_BENCH_POSTGRES_URL`` or the local test
 database); the benchmark creates ``celflow_bench_*`` schemas there and drops them at the end.
@@ -53,14 +60,13 @@ from _util import MemorySampler, percentile, remove_database, table
 from celflow import EventQuery, EventStore
 from celflow._encoding import Row, prepare_batch
 from celflow._migrate import migrate_history
-from celflow._postgres import PostgresStore
+from celflow._postgres import _SEARCH_TEXT, DAY, PostgresStore
 from celflow._sqlite import SQLiteStore
 from workload import EVENT_TYPES, RARE_WORD, SOURCES, SPAN_DAYS, iter_events
 
 RESULTS = Path(__file__).resolve().parent / "results" / "postgres.json"
 DEFAULT_URL = os.environ.get("CELFLOW_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 CHUNK = 50_000  # events generated (and encoded) at a time: only the rows are kept
-DAY = 86400.0
 WARMUP = 2
 MIN_SAMPLES = 5
 ASYNC_OPTIONS = "options=-c%20synchronous_commit%3Doff"
@@ -133,6 +139,27 @@ def ingest(store: EventStore, rows: Sequence[Row], batch: int) -> float:
     for part in _batches(rows, batch):
         store.insert_events(part, want_ids=False)
     return time.perf_counter() - started
+
+
+def index_every_day(store: PostgresStore, rows: Sequence[Row]) -> None:
+    """Create the partitions of ``rows`` and give each, today's too, the search index of a finished day."""
+    days = {int(row.timestamp // DAY) for row in rows}
+    store._ensure_days(days)
+    with store._conn() as conn:
+        for day in sorted(days):
+            conn.execute(
+                f"CREATE INDEX events_d{day}_search ON events_d{day} USING gin (({_SEARCH_TEXT}) "
+                f"{store._opclass.as_string(conn)})"
+            )
+
+
+def search_plan(store: PostgresStore, query: EventQuery) -> str:
+    """The scans of the plan of ``query``, counted: e.g. ``21 x Bitmap Index Scan, 1 x Seq Scan``."""
+    statement, params = store._select_sql(query)
+    plan = [r[0] for r in store._read(f"EXPLAIN {statement}", params)]
+    kinds = ("Bitmap Index Scan", "Index Scan Backward", "Index Scan", "Seq Scan")
+    counts = {k: sum(line.strip().lstrip("-> ").startswith(k + " ") for line in plan) for k in kinds}
+    return ", ".join(f"{n} x {k}" for k, n in counts.items() if n) or "\n".join(plan)
 
 
 def _writer(url: str, index: int, writers: int, batch: int, barrier: Any, out: Any) -> None:
@@ -213,6 +240,8 @@ QUERIES = {
     "histogram": "histogram(60 s, last hour)",
     "search_common": 'search "chrome", newest 10',
     "search_rare": f'search "{RARE_WORD}", newest 10',
+    "search_rare_count": f'count_events(search "{RARE_WORD}")',
+    "search_rare_day": f'search "{RARE_WORD}" in a 1-day range, newest 10',
 }
 
 
@@ -238,6 +267,11 @@ def _cases(store: EventStore, now: float, rng: random.Random) -> dict[str, Calla
         _, cursor = store.select_events(EventQuery(end_time=now - span * rng.uniform(0.8, 0.98), limit=100))
         return lambda: store.select_events(EventQuery(limit=100, cursor=cursor))
 
+    def rare_in_a_day() -> Callable[[], Any]:
+        start, end = day_range()
+        q = EventQuery(start_time=start, end_time=end, search=RARE_WORD, limit=10)
+        return lambda: store.select_events(q)
+
     def fixed(query: Callable[[], Any]) -> Callable[[], Callable[[], Any]]:
         return lambda: query
 
@@ -250,6 +284,8 @@ def _cases(store: EventStore, now: float, rng: random.Random) -> dict[str, Calla
         "histogram": fixed(lambda: store.histogram(60, EventQuery(start_time=now - 3600))),
         "search_common": fixed(lambda: store.select_events(EventQuery(search="chrome", limit=10))),
         "search_rare": fixed(lambda: store.select_events(EventQuery(search=RARE_WORD, limit=10))),
+        "search_rare_count": fixed(lambda: store.count_events(EventQuery(search=RARE_WORD))),
+        "search_rare_day": rare_in_a_day,
     }
 
 
@@ -291,7 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         flush=True,
     )
     runs: dict[str, list[float]] = {}
-    keys = ["sqlite", "pg_1", "pg_1_async", f"pg_{args.writers}"]
+    keys = ["sqlite", "pg_1", "pg_1_indexed", "pg_1_async", f"pg_{args.writers}"]
     n = len(_rows)
     try:
         with tempfile.TemporaryDirectory(prefix="celflow-bench-pg-", dir=args.workdir) as workdir:
@@ -311,6 +347,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         url = server.new(options=ASYNC_OPTIONS if key == "pg_1_async" else None)
                         if key.startswith("pg_1"):
                             store = PostgresStore(url)
+                            if key == "pg_1_indexed":
+                                index_every_day(store, _rows)  # not timed
                             seconds = ingest(store, _rows, args.batch)
                             store.close()
                         else:
@@ -326,10 +364,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(f"  {key:<12} {n / seconds:>10,.0f} events/s  ({seconds:.2f} s)", flush=True)
 
             stores: dict[str, EventStore] = {"sqlite": SQLiteStore(sqlite_path, readonly=True)}
-            stores["postgres"] = PostgresStore(kept_url, readonly=True)
+            pg_reader = stores["postgres"] = PostgresStore(kept_url, readonly=True)
             optimizer = PostgresStore(kept_url)
+            built = time.perf_counter()
+            days = optimizer.build_search_index()
+            build_seconds = time.perf_counter() - built
             optimizer.optimize()  # ANALYZE after the bulk load, as the manager's maintenance would
             optimizer.close()
+            plan = search_plan(pg_reader, EventQuery(search=RARE_WORD, limit=10))
+            index = {"days": days, "seconds": build_seconds, "rate": n / build_seconds, "plan": plan}
+            print(f"  search index: {days} finished days in {build_seconds:.1f} s; rare search: {plan}", flush=True)
             queries = {}
             for name, store in stores.items():
                 queries[name] = measure_queries(
@@ -361,6 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     labels = {
         "sqlite": "SQLiteStore.insert_events, 1 writer (baseline)",
         "pg_1": "PostgresStore.insert_events (COPY), 1 writer",
+        "pg_1_indexed": "the same, into days with their search index",
         "pg_1_async": "the same, synchronous_commit=off",
         f"pg_{args.writers}": f"PostgresStore, {args.writers} writer processes",
     }
@@ -369,6 +414,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         ingest_rows.append([labels[key], f"{rate:,.0f} events/s", f"{rate / base:.2f}"])
     print(f"\n{n:,} events, batches of {args.batch}, medians of {args.repeats}; ratio: / SQLite's rate of this run\n")
     print(table(["ingest", "value", "ratio"], ingest_rows))
+    with_index = statistics.median(runs["pg_1_indexed"]) / statistics.median(runs["pg_1"])
+    print(
+        f"\nsearch index: pg_1_indexed / pg_1 = {with_index:.2f}; building it afterwards for {index['days']} "
+        f"finished days: {index['rate']:,.0f} events/s ({index['seconds']:.1f} s)\nplan of the rare search: "
+        f"{index['plan']}"
+    )
     query_rows = []
     for key, label in QUERIES.items():
         s, p = queries["sqlite"][key], queries["postgres"][key]
@@ -389,7 +440,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{migration['again_rate']:,.0f} events/s ({migration['again_seconds']:.1f} s)"
     )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    result = {"config": vars(args), "server": settings, "runs": runs, "queries": queries, "migration": migration}
+    result = {
+        "config": vars(args),
+        "server": settings,
+        "runs": runs,
+        "queries": queries,
+        "search_index": index,
+        "migration": migration,
+    }
     RESULTS.write_text(json.dumps(result, indent=1) + "\n")
     print(f"results: {RESULTS}\ntotal {time.perf_counter() - started:,.0f} s")
     return 0

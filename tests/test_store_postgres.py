@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -157,4 +158,115 @@ def test_schema_1_is_read_as_it_is_and_upgraded_by_a_writer(pg_url: str) -> None
             "AND table_name = 'events' AND column_name = 'data_json'"
         ).fetchone() == ("json",)
         assert conn.execute("SELECT count(*) FROM events WHERE data_compressed IS NOT NULL").fetchone() == (0,)
-    PostgresStore(pg_url).close()  # opened again: nothing left to do
+    writer = PostgresStore(pg_url)  # opened again: the schema is up to date; the finished days get indexed
+    try:
+        assert writer.build_search_index() == 2 and all(_search_indexes(pg_url).values())
+        assert writer.count_events(EventQuery(search='"i":3,')) == 1
+    finally:
+        writer.close()
+
+
+# -- the search index ----------------------------------------------------------------------------
+
+
+def _search_indexes(url: str) -> dict[str, bool]:
+    """The day partitions' search indexes: name -> valid."""
+    with _connect(url) as conn:
+        rows = conn.execute(
+            "SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+            "WHERE c.relnamespace = current_schema()::regnamespace AND c.relname LIKE 'events\\_d%\\_search'"
+        ).fetchall()
+    return dict(rows)
+
+
+def test_a_selective_search_reads_the_trigram_index_of_finished_days(pg_url: str) -> None:
+    """Finished days get a pg_trgm index; after ANALYZE a rare word is a Bitmap Index Scan there, not a row scan."""
+    store = PostgresStore(pg_url)
+    try:
+        events = [
+            {"event_type": "t", "source": "s", "timestamp": T0 + i, "data": {"i": i, "text": f"event number {i}"}}
+            for i in range(20_000)
+        ]
+        events[12_345]["data"] = {"text": "the Quetzalcoatl event"}
+        batch = prepare_batch(events)
+        for lo in range(0, len(batch), 5000):
+            store.insert_events(batch[lo : lo + 5000], want_ids=False)
+        now = time.time()
+        store.insert_events(prepare_batch([{"event_type": "t", "source": "s", "timestamp": now, "data": "Quetzal"}]))
+        assert store.build_search_index() == 2  # T0's two days; today's stays as it is
+        assert store.build_search_index() == 0
+        assert _search_indexes(pg_url) == {"events_d19675_search": True, "events_d19676_search": True}
+        store.optimize()  # ANALYZE
+        query = EventQuery(search="quetzalCOATL", limit=10)
+        statement, params = store._select_sql(query)
+        plan = "\n".join(r[0] for r in store._read(f"EXPLAIN {statement}", params))
+        for day in (19675, 19676):
+            assert f"Bitmap Index Scan on events_d{day}_search" in plan, plan
+        assert f"Seq Scan on events_d{int(now // 86400)}" in plan  # today: read in full
+        assert "Seq Scan on events_d1967" not in plan, plan
+        assert [e.data for e in store.select_events(query)[0]] == [{"text": "the Quetzalcoatl event"}]
+        assert store.count_events(EventQuery(search="QUETZAL")) == 2
+    finally:
+        store.close()
+
+
+def test_an_index_left_invalid_is_built_again(pg_url: str) -> None:
+    """A build that was stopped leaves an invalid index; the next build replaces it with a valid one."""
+    store = PostgresStore(pg_url)
+    try:
+        store.insert_events(rows(100))
+        assert store.build_search_index() == 1
+        (name,) = _search_indexes(pg_url)
+        with _connect(pg_url) as conn:  # what a cancelled CREATE INDEX CONCURRENTLY leaves
+            conn.execute("UPDATE pg_index SET indisvalid = false WHERE indexrelid = %s::regclass", (name,))
+        assert _search_indexes(pg_url) == {name: False}
+        assert store.build_search_index() == 1
+        assert _search_indexes(pg_url) == {name: True}
+        assert store.count_events(EventQuery(search="number 42")) == 1
+    finally:
+        store.close()
+
+
+def test_close_stops_a_build_in_the_background(pg_url: str) -> None:
+    """optimize() builds on a thread of its own; close() stops it, and a later build finishes the work."""
+    store = PostgresStore(pg_url)
+    batch = rows(30_000, step=10.0)  # ~3.5 days from late in a day: five finished days to index
+    for lo in range(0, len(batch), 10_000):
+        store.insert_events(batch[lo : lo + 10_000], want_ids=False)
+    store.optimize()
+    started = time.monotonic()
+    store.close()
+    assert time.monotonic() - started < 10
+    assert store._builder is not None and not store._builder.is_alive()
+    store = PostgresStore(pg_url)
+    try:
+        store.build_search_index()
+        assert len(_search_indexes(pg_url)) == 5 and all(_search_indexes(pg_url).values())
+    finally:
+        store.close()
+
+
+def test_without_pg_trgm_search_works_and_one_warning_says_why(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An extension that cannot be created leaves the store without indexes, searching every row; one warning."""
+    monkeypatch.setattr("celflow._postgres._TRGM", "celflow_no_such_extension")
+    with caplog.at_level("WARNING", logger="celflow.postgres"):
+        store = PostgresStore(pg_url)
+    try:
+        (warning,) = caplog.records
+        assert "celflow_no_such_extension" in warning.getMessage() and "reads every event" in warning.getMessage()
+        store.insert_events(rows(50))
+        assert store.build_search_index() == 0
+        store.optimize()
+        assert store.count_events(EventQuery(search="NUMBER 4")) == 11
+        assert _search_indexes(pg_url) == {}
+        assert len(caplog.records) == 1
+    finally:
+        store.close()
+    monkeypatch.undo()
+    store = PostgresStore(pg_url)  # pg_trgm there: the next writer indexes the finished days
+    try:
+        assert store.build_search_index() == 1
+    finally:
+        store.close()

@@ -6,6 +6,7 @@ import celflow
 
 EXPECTED = {
     "CaptureConfig",
+    "BusError",
     "CelflowError",
     "Config",
     "ConfigError",

@@ -22,7 +22,7 @@ import pytest
 
 from celflow import EventDatabase
 from celflow.client import Client
-from nats_server import NatsServer, free_port, own_nats, stream_events, wait_until
+from nats_server import NatsServer, free_port, nats, own_nats, stream_events, wait_until
 from pg_server import pg_url
 
 __all__ = ["own_nats", "pg_url"]  # the fixtures, re-exported for pytest
@@ -31,7 +31,7 @@ CLI = "import sys; from celflow.cli import main; sys.exit(main())"
 SECRET = "sk-" + "Q" * 24
 
 
-def _config(tmp_path: Path, bus: NatsServer, *, read_url: str = "", processes: bool = False) -> Path:
+def _config(tmp_path: Path, bus: NatsServer, *, read_url: str = "", processes: bool = False, extra: str = "") -> Path:
     path = tmp_path / "celflow.toml"
     read = f'database_url = "{read_url}"\n' if read_url else ""
     path.write_text(
@@ -57,7 +57,7 @@ ack_timeout = 1.0
 
 [privacy]
 redact_patterns = ["sk-[A-Za-z0-9]{{20,}}"]
-"""
+{extra}"""
     )
     return path
 
@@ -218,7 +218,7 @@ def test_captured_events_are_published_from_the_capture_threads(
     config = _config(tmp_path, own_nats, processes=True)
     run, client = _service(tmp_path, config, started)
     with client:
-        time.sleep(0.5)  # the first scan knows the processes running now
+        wait_until(lambda: "watching processes" in run.text(), 30, "the process watcher's first scan")
         child = subprocess.Popen(["sleep", "1.5"])
 
         def seen() -> list[dict[str, Any]]:
@@ -231,6 +231,59 @@ def test_captured_events_are_published_from_the_capture_threads(
         assert client.stats()["total_stored"] >= 2  # acknowledged by JetStream
     assert run.stop() == 0, run.text()
     assert not (tmp_path / "laptop" / "events.db").exists()
+
+
+def test_a_full_buffer_refuses_a_refusing_stream_degrades_and_a_stop_counts_what_was_left(
+    tmp_path: Path, own_nats: NatsServer, started: list[Celflow]
+) -> None:
+    # a stream that takes one message and refuses the rest: connected, yet nothing is acknowledged
+    async def tiny_stream() -> None:
+        nc = await nats.connect(own_nats.url)
+        try:
+            await nc.jetstream().add_stream(name="LAPTOP", subjects=["laptop.events"], max_msgs=1, discard="new")
+        finally:
+            await nc.close()
+
+    asyncio.run(tiny_stream())
+    config = _config(tmp_path, own_nats)
+    text = config.read_text().replace("ack_timeout = 1.0", "ack_timeout = 1.0\nmax_buffer = 50\nbatch_size = 10")
+    config.write_text(text.replace("[persistence]", '[persistence]\noverflow = "drop"'))
+    run, client = _service(tmp_path, config, started)
+    with client:
+        client.send_batch(_events(0, 10), wait=True)  # the one message the stream takes
+        client.send_batch(_events(10, 30))  # buffered; JetStream refuses them
+        wait_until(lambda: client._http.get("/health").status_code == 503, 30, "/health degraded")
+        health = client._http.get("/health").json()
+        assert health["status"] == "degraded" and "maximum messages" in health["last_error"]
+        # wait=true with the buffer nearly full is refused (503), never silently dropped
+        answer = client._http.post("/api/v1/events?wait=true", json=_events(100, 30))
+        assert answer.status_code == 503, answer.text
+        assert client._http.post("/api/v1/events", json=_events(200, 30)).status_code == 503
+        metrics = client._http.get("/metrics").text
+        assert "celflow_events_stored_total 10.0" in metrics and "celflow_queue_size 30.0" in metrics
+    assert run.stop() == 1, run.text()  # 30 accepted events never acknowledged: said, and exit 1
+    assert "30 accepted events were never acknowledged" in run.text()
+
+
+def test_bad_bus_settings_are_one_clear_line(tmp_path: Path) -> None:
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path)}
+    env.pop("CELFLOW_CONFIG", None)
+    for name, value, said in (
+        ("CELFLOW_BUS_STREAM", "A.B", "bus.stream 'A.B'"),
+        ("CELFLOW_BUS_DURABLE", "", "bus.durable ''"),
+        ("CELFLOW_BUS_SUBJECT", "a b", "bus.subject 'a b'"),
+        ("CELFLOW_BUS_URL", "http://127.0.0.1:1", "must start with nats://"),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-c", CLI, "run", "--publish", "--no-fs", "--no-processes"],
+            capture_output=True,
+            text=True,
+            env={**env, name: value},
+            cwd=tmp_path,
+            timeout=60,
+        )
+        assert done.returncode != 0 and said in done.stderr, (name, done.stderr)
+        assert "Traceback" not in done.stderr
 
 
 def _total(client: Client) -> int:

@@ -192,6 +192,19 @@ class BusConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: Seconds to wait for JetStream's acknowledgement of a message before sending it again.
     ack_timeout: PositiveFloat = 5.0
 
+    def __post_init__(self) -> None:
+        from .bus import check_url  # the bus module owns its URL rules
+
+        check_url(self.url)
+        for key in ("stream", "durable"):  # JetStream's rules for stream and consumer names
+            name = getattr(self, key)
+            if not name or re.search(r"[\s.*>/\\]", name):
+                raise ConfigError(
+                    f"bus.{key} {name!r} must be a non-empty name without spaces, '.', '*', '>', '/' or '\\'"
+                )
+        if not self.subject or re.search(r"\s", self.subject):
+            raise ConfigError(f"bus.subject {self.subject!r} must be a non-empty subject without spaces")
+
 
 class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """The whole configuration (the seed's top-level dict)."""

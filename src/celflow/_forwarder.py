@@ -9,6 +9,7 @@ shared store the ingest workers fill), read-only; without one this service keeps
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -21,7 +22,7 @@ from typing import Any
 from ._config import Config
 from ._database import EventDatabase
 from ._encoding import Row, prepare_each
-from ._exceptions import CelflowError, ManagerStateError
+from ._exceptions import CelflowError, ManagerStateError, QueueFullError
 from ._storage import EventStore
 from ._types import EventQuery
 from .bus import BusPublisher, BusState, shown_url
@@ -143,7 +144,13 @@ class BusForwarder:
             self.publisher.offer_rows(rows, [event.get("idempotency_key")] if rows else [])
             return True
         waited = self.publisher.queue_timeout + 5.0
-        return asyncio.run_coroutine_threadsafe(self.publisher.publish([event]), loop).result(waited)
+        future = asyncio.run_coroutine_threadsafe(self.publisher.publish([event]), loop)
+        try:
+            return future.result(waited)
+        except concurrent.futures.TimeoutError:
+            if future.cancel():  # not taken: the caller learns it was not
+                raise QueueFullError(f"the bus publisher did not take the event within {waited:g} s") from None
+            return future.result()  # it was taken just now
 
     def queue_rows(
         self, rows: Sequence[Row], *, overflow: str | None = None, keys: Sequence[str | None] | None = None
@@ -156,8 +163,8 @@ class BusForwarder:
         self, rows: Sequence[Row], *, overflow: str | None = None, keys: Sequence[str | None] | None = None
     ) -> list[int]:
         """Buffer rows and return once JetStream acknowledged them (``[]``: the store gives ids later)."""
-        if await self.publisher.publish_rows(rows, keys):
-            await self.publisher.flush(self.publisher.queue_timeout + self.publisher.ack_timeout * 3)
+        await self.publisher.publish_rows(rows, keys, overflow="raise")  # a full buffer answers 503, never drops
+        await self.publisher.flush(self.publisher.queue_timeout + self.publisher.ack_timeout * 3)
         return []
 
     async def flush(self) -> None:
@@ -175,7 +182,7 @@ class BusForwarder:
         return {
             "state": "running" if running else bus["state"],
             "mode": "publish",
-            "healthy": running and bool(bus["connected"]),
+            "healthy": running and bool(bus["healthy"]),
             "total_stored": bus["published"],
             "duplicates": bus["duplicates"],
             "dropped": bus["dropped"],

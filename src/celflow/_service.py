@@ -147,7 +147,8 @@ async def serve(config: Config, stop: asyncio.Event | None = None, *, status_int
         elif sock is not None:
             sock.close()
         for source in sources:
-            source.stop()
+            # off the loop: a capture thread may be waiting for the loop to take its last event
+            await asyncio.to_thread(source.stop)
         await manager.stop()
         lost = manager.get_stats()["lost"]
         if lost and isinstance(manager, BusForwarder):

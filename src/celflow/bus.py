@@ -108,7 +108,7 @@ def shown_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{userinfo}@{host}"))
 
 
-def _check_url(url: str) -> None:
+def check_url(url: str) -> None:
     if urlsplit(url).scheme not in _BUS_SCHEMES:
         raise ConfigError(f"bus URL {shown_url(url)!r} must start with nats://, tls://, ws:// or wss://")
 
@@ -215,7 +215,7 @@ class BusPublisher:
         name: str | None = None,
         privacy: PrivacyConfig | PrivacyRules | None = None,
     ) -> None:
-        _check_url(url)
+        check_url(url)
         if overflow not in ("block", "drop", "raise"):
             raise ConfigError(f"overflow must be 'block', 'drop' or 'raise', got {overflow!r}")
         for setting, value in (
@@ -395,9 +395,13 @@ class BusPublisher:
             raise errors[0]
         return await self.publish_rows(rows, [batch[i].get("idempotency_key") for i in kept])
 
-    async def publish_rows(self, rows: Sequence[Row], keys: Sequence[str | None] | None = None) -> bool:
-        """:meth:`publish` of events already prepared with :attr:`options` (``keys``: their idempotency keys)."""
+    async def publish_rows(
+        self, rows: Sequence[Row], keys: Sequence[str | None] | None = None, *, overflow: Overflow | None = None
+    ) -> bool:
+        """:meth:`publish` of events already prepared with :attr:`options` (``keys``: their idempotency
+        keys); ``overflow`` overrides the publisher's policy for this call."""
         self._running()
+        overflow = overflow or self.overflow
         encoded = self._encode_all(rows, keys)
         if not encoded:
             return True
@@ -405,10 +409,10 @@ class BusPublisher:
         async with self._cond:
             if self._full(n, nbytes):
                 never = n > self.max_buffer or nbytes > self.max_buffer_bytes
-                if self.overflow == "drop":
+                if overflow == "drop":
                     self.dropped += n
                     return False
-                if self.overflow == "raise" or never:
+                if overflow == "raise" or never:
                     raise QueueFullError(self._full_message(n, nbytes))
                 try:
                     await asyncio.wait_for(
@@ -424,9 +428,14 @@ class BusPublisher:
     def offer_rows(self, rows: Sequence[Row], keys: Sequence[str | None] | None = None) -> None:
         """Buffer prepared rows at once, or raise :class:`QueueFullError` if they do not fit (never waits).
 
-        For code on the publisher's event loop that must answer now (an HTTP 202).
+        For code on the publisher's event loop that must answer now (an HTTP 202); from another
+        thread it raises :class:`BusError` (use :meth:`publish` through the loop instead).
         """
         self._running()
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            raise BusError("offer_rows() runs on the publisher's event loop only") from None
         encoded = self._encode_all(rows, keys)
         if not encoded:
             return
@@ -477,10 +486,17 @@ class BusPublisher:
         if self.published + self.lost < target:
             raise BusError("the bus publisher was stopped before everything was acknowledged")
 
+    @property
+    def healthy(self) -> bool:
+        """Running, connected, and the last send was acknowledged (not retrying a refused message)."""
+        connected = self._nc is not None and self._nc.is_connected
+        return self.state is BusState.RUNNING and connected and not self._failing
+
     def stats(self) -> dict[str, Any]:
         """Counters: events buffered, published, dropped, lost; messages, resends, the last error."""
         return {
             "state": self.state.value,
+            "healthy": self.healthy,
             "connected": self._nc is not None and self._nc.is_connected,
             "buffered": self._held,
             "buffered_bytes": self._held_bytes,
@@ -729,7 +745,7 @@ class IngestWorker:
         duplicate_window: float = 120.0,
         on_status: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
-        _check_url(url)
+        check_url(url)
         for setting, value in (("batch", batch), ("ack_wait", ack_wait), ("fetch_timeout", fetch_timeout)):
             _positive(setting, value)
         self.manager = manager
@@ -965,7 +981,7 @@ def run_ingest_worker(
     over when the first one stops or dies.
     """
     settings = _with_database(parse_config(config), database)
-    _check_url(bus_url)
+    check_url(bus_url)
 
     async def main() -> WorkerStats:
         stop = asyncio.Event()

@@ -246,6 +246,23 @@ def test_close_stops_a_build_in_the_background(pg_url: str) -> None:
         store.close()
 
 
+def test_two_builders_take_turns(pg_url: str) -> None:
+    """A build waits for another's turn without a deadlock (CREATE INDEX CONCURRENTLY waits for older transactions)."""
+    first, second = PostgresStore(pg_url), PostgresStore(pg_url)
+    try:
+        batch = rows(30_000, step=10.0)
+        for lo in range(0, len(batch), 10_000):
+            first.insert_events(batch[lo : lo + 10_000], want_ids=False)
+        first.optimize()  # builds on its thread
+        built = second.build_search_index()  # waits for the first, then builds what is left
+        assert first._builder is not None
+        first._builder.join(timeout=60)
+        assert built < 5 and len(_search_indexes(pg_url)) == 5 and all(_search_indexes(pg_url).values())
+    finally:
+        first.close()
+        second.close()
+
+
 def test_without_pg_trgm_search_works_and_one_warning_says_why(
     pg_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

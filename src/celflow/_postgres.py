@@ -433,14 +433,14 @@ class PostgresStore:
         """Give each finished day (before today, UTC) the search index it lacks; return how many were built.
 
         One day at a time with ``CREATE INDEX CONCURRENTLY``: writers and readers go on meanwhile.
-        One builder per database at a time (others wait); an index a stopped build left invalid is
-        built again. Nothing to do on a reader or without pg_trgm.
+        One builder per database at a time (others wait their turn); an index a stopped build left
+        invalid is built again. Nothing to do on a reader or without pg_trgm.
         """
         if self.readonly or self._opclass is None:
             return 0
         with self._build_lock:
             try:
-                conn = psycopg.connect(self.url, autocommit=True, connect_timeout=10)  # CONCURRENTLY: no transaction
+                conn: Any = psycopg.connect(self.url, autocommit=True, connect_timeout=10)  # CONCURRENTLY: autocommit
             except psycopg.Error as exc:
                 raise OperationalError(f"cannot connect to {self.path}: {exc}") from None
             self._build_conn = conn
@@ -448,7 +448,12 @@ class PostgresStore:
             try:
                 if self.schema:
                     conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
-                conn.execute("SELECT pg_advisory_lock(%s)", (_BUILD_LOCK,))  # let go when the connection closes
+                # Tried, not awaited: CREATE INDEX CONCURRENTLY waits for every older transaction, a
+                # builder waiting for this lock too (a deadlock). Let go when the connection closes.
+                while not conn.execute("SELECT pg_try_advisory_lock(%s)", (_BUILD_LOCK,)).fetchone()[0]:
+                    if self._closed:
+                        return 0
+                    time.sleep(0.2)
                 for day, valid in self._unindexed_days(conn):
                     if self._closed:
                         break

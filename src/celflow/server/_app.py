@@ -26,7 +26,15 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from .._config import HttpConfig
 from .._database import EventDatabase, make_query
 from .._encoding import prepare_each
-from .._exceptions import BusError, CelflowError, ManagerStateError, QueryTimeoutError, QueueFullError, ValidationError
+from .._exceptions import (
+    BusError,
+    CelflowError,
+    ManagerStateError,
+    OperationalError,
+    QueryTimeoutError,
+    QueueFullError,
+    ValidationError,
+)
 from .._export import CSV_COLUMNS, _csv_row
 from .._forwarder import BusForwarder
 from .._manager import EventPersistenceManager
@@ -549,8 +557,8 @@ def _status_of(exc: CelflowError) -> tuple[int, dict[str, str]]:
         return 503, {"Retry-After": "1"}
     if isinstance(exc, QueryTimeoutError):
         return 503, {}
-    if isinstance(exc, (ManagerStateError, BusError)):  # the bus is away for now: a client retries
-        return 503, {"Retry-After": "1"} if isinstance(exc, BusError) else {}
+    if isinstance(exc, (ManagerStateError, BusError, OperationalError)):  # for now (bus or server away): retry
+        return 503, {} if isinstance(exc, ManagerStateError) else {"Retry-After": "1"}
     return 500, {}
 
 

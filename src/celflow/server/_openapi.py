@@ -22,7 +22,10 @@ _ERROR_STATUSES = {
     "413": "The body or the batch is over its limit",
     "415": "An unsupported Content-Type or Content-Encoding",
     "422": "Events that fail validation: every one with its index; nothing was stored",
-    "503": "The queue is full (Retry-After), a query ran past its time limit, or the service is stopping",
+    "503": (
+        "The queue is full (Retry-After), a query ran past its time limit, the database server or the bus "
+        "is away (Retry-After), or the service is stopping"
+    ),
 }
 
 

@@ -8,7 +8,8 @@ batches of ``--batch`` (1000); every repeat writes into a new file or a new sche
 every offered row (duplicates included) over the wall time, and the table shows medians:
 
 - ``sqlite``: one ``SQLiteStore`` (WAL, ``synchronous=NORMAL``): the baseline of the ratios;
-- ``pg_1``: one ``PostgresStore`` (COPY into a staging table, then the ordered ``ON CONFLICT`` move);
+- ``pg_1``: one ``PostgresStore`` (COPY into a staging table, the counters' upsert, then the ordered
+  ``ON CONFLICT`` move under the advisory lock);
   the days it writes have no search index yet (a day gets one once finished, by ``build_search_index``);
 - ``pg_1_indexed``: the same into days that have their pg_trgm search index already (every partition
   created and indexed before the clock starts): what writing late events into finished days costs,

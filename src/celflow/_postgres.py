@@ -14,17 +14,17 @@
 - Each finished day (a partition before today, UTC) gets a pg_trgm GIN index on exactly that
   folded text (``events_d<day>_search``), so a search reads only the rows holding its trigrams
   there, and all of today's rows. Finished days only: keeping a trigram index up to date while
-  writing made ingest 3.5 times slower (bench/postgres.py), under the move's lock. :meth:`optimize`
+  writing made ingest about 4 times slower (bench/postgres.py), under the move's lock. :meth:`optimize`
   builds the missing ones in the background (``CREATE INDEX CONCURRENTLY``: writers go on).
   Without pg_trgm (not installed, no privilege) search reads every row and one warning says so.
 - A batch is COPYed into a temporary table, then moved with ``INSERT ... ON CONFLICT DO NOTHING``
   on the unique ``(timestamp, hash)`` index, so dedup holds across any number of writers. The
   move takes a transaction-level advisory lock: ids are then given in commit order, which is what
-  a live stream reading "ids after the last one seen" relies on. Only the move, the counters and
-  the commit run under it: the COPYs, and the parsing of their JSON, run in parallel.
-- Per-minute counters as in SQLite (``event_counts``), kept in each batch's transaction (computed in
-  the move's own statement from the rows it inserted) and by a delete trigger; a dropped day
-  subtracts its minutes.
+  a live stream reading "ids after the last one seen" relies on. Only the move and the commit run
+  under it: the COPYs (and the parsing of their JSON) and the counters run in parallel.
+- Per-minute counters as in SQLite (``event_counts``), kept in each batch's transaction and by a
+  delete trigger; a dropped day subtracts its minutes. A batch counts all its staged rows in one
+  upsert before the lock and takes back, after the move, those it did not insert (duplicates).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import logging
 import math
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
@@ -153,23 +154,30 @@ _STAGING = (
     "CREATE TEMP TABLE IF NOT EXISTS celflow_staging (ord integer, timestamp double precision, event_type text, "
     "action text, source text, data_json json, hash text) ON COMMIT DELETE ROWS"
 )
-#: The move and the counters of the rows it inserted, in one statement; ``{result}`` is what it returns.
-_MOVE = """WITH moved AS (
-    INSERT INTO events (timestamp, event_type, action, source, data_json, hash)
-    SELECT timestamp, event_type, action, source, data_json, hash FROM celflow_staging ORDER BY ord
-    ON CONFLICT (timestamp, hash) DO NOTHING
-    RETURNING id, timestamp, hash, event_type, source
-), counted AS (
-    INSERT INTO event_counts AS c (kind, minute, name, n)
-    SELECT kind, minute, name, count(*) FROM (
-        SELECT 'event_type' AS kind, floor(timestamp / 60)::bigint AS minute, event_type AS name FROM moved
-        UNION ALL SELECT 'source', floor(timestamp / 60)::bigint, source FROM moved
-    ) AS k GROUP BY kind, minute, name ORDER BY kind, minute, name
-    ON CONFLICT (kind, minute, name) DO UPDATE SET n = c.n + excluded.n
+#: The batch's counters, as if every staged row were new, before the move's lock: upserts of many
+#: minutes took as long as the move itself. Minutes newest first: a writer of the batch after
+#: another's waits for that one's commit (the minute they share) only at its end. One order for
+#: every writer: two never wait for each other's rows. (A writer waiting for the lock holds these
+#: rows: retention deleting events of the same minutes, a duplicate of one of them in the lock
+#: holder's batch, is the one cycle left, broken by PostgreSQL's deadlock detection.)
+_PRECOUNT = """INSERT INTO event_counts AS c (kind, minute, name, n)
+SELECT kind, minute, name, count(*) FROM (
+    SELECT 'event_type' AS kind, floor(timestamp / 60)::bigint AS minute, event_type AS name FROM celflow_staging
+    UNION ALL SELECT 'source', floor(timestamp / 60)::bigint, source FROM celflow_staging
+) AS k GROUP BY kind, minute, name ORDER BY minute DESC, kind, name
+ON CONFLICT (kind, minute, name) DO UPDATE SET n = c.n + excluded.n"""
+_MOVE = (
+    "INSERT INTO events (timestamp, event_type, action, source, data_json, hash) "
+    "SELECT timestamp, event_type, action, source, data_json, hash FROM celflow_staging ORDER BY ord "
+    "ON CONFLICT (timestamp, hash) DO NOTHING RETURNING id, timestamp, hash, event_type, source"
 )
-SELECT {result} FROM moved"""
-_MOVE_IDS = _MOVE.format(result="id, timestamp, hash")
-_MOVE_COUNT = _MOVE.format(result="count(*)")
+#: Takes back the counts of staged rows the move did not insert (duplicates): rows this transaction
+#: counted itself, so holds already, and never waits for.
+_UNCOUNT = (
+    "UPDATE event_counts AS c SET n = c.n - d.n "
+    "FROM unnest(%s::text[], %s::bigint[], %s::text[], %s::bigint[]) AS d(kind, minute, name, n) "
+    "WHERE c.kind = d.kind AND c.minute = d.minute AND c.name = d.name"
+)
 _INSERT_LOCK = 0x43454C46  # pg_advisory_xact_lock key of the move step ("CELF")
 _BUILD_LOCK = _INSERT_LOCK + 3  # pg_advisory_lock key of the search index builder: one at a time
 
@@ -552,19 +560,34 @@ class PostgresStore:
                     if row.data_compressed is not None:  # large data: TOAST compresses it
                         data_json = data_text(None, row.data_compressed)
                     copy.write_row((i, row.timestamp, row.event_type, row.action, row.source, data_json, row.hash))
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_INSERT_LOCK,))
-            if want_ids:
-                new = conn.execute(_MOVE_IDS).fetchall()
-                ids = self._resolve_ids(conn, rows, new)
-                inserted = len(new)
-            else:
-                ids, inserted = None, int(conn.execute(_MOVE_COUNT).fetchone()[0])
+            conn.execute(_PRECOUNT)
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_INSERT_LOCK,))  # held until the commit
+            new = conn.execute(_MOVE).fetchall()
+            if len(new) < len(rows):
+                self._uncount(conn, rows, new)
+            ids = self._resolve_ids(conn, rows, new) if want_ids else None
         self._known_days |= days
-        return InsertResult(ids, inserted, len(rows) - inserted)
+        return InsertResult(ids, len(new), len(rows) - len(new))
+
+    @staticmethod
+    def _uncount(conn: Any, rows: Sequence[Row], new: list[Any]) -> None:
+        """Subtract the rows counted by :data:`_PRECOUNT` that the move did not insert."""
+        left: Counter[tuple[str, int, str]] = Counter()
+        for row in rows:
+            minute = math.floor(row.timestamp / 60)  # floor(timestamp / 60) in SQL: the same double division
+            left["event_type", minute, row.event_type] += 1
+            left["source", minute, row.source] += 1
+        for _, ts, _, event_type, source in new:
+            minute = math.floor(ts / 60)
+            left["event_type", minute, event_type] -= 1
+            left["source", minute, source] -= 1
+        gone = sorted((key, n) for key, n in left.items() if n)
+        if gone:
+            conn.execute(_UNCOUNT, [[k[i] for k, _ in gone] for i in range(3)] + [[n for _, n in gone]])
 
     @staticmethod
     def _resolve_ids(conn: Any, rows: Sequence[Row], new: list[Any]) -> list[int]:
-        by_key = {(ts, digest): event_id for event_id, ts, digest in new}
+        by_key = {(ts, digest): event_id for event_id, ts, digest, _, _ in new}
         missing = [(row.timestamp, row.hash) for row in rows if (row.timestamp, row.hash) not in by_key]
         if missing:
             found = conn.execute(

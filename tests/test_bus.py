@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -216,6 +217,26 @@ def test_a_full_buffer_raises_naming_max_buffer(overflow: str) -> None:
         assert publisher.stats()["buffered"] == 60
         await publisher.stop(timeout=0.2)
         assert publisher.stats()["lost"] == 60
+
+    asyncio.run(main())
+
+
+def test_the_buffer_holds_about_its_messages_size_in_memory() -> None:
+    """While the broker is away, a buffered event costs about its message's bytes (not orjson's 4 KiB buffer)."""
+    url = f"nats://127.0.0.1:{free_port()}"  # nothing listens there
+
+    async def main() -> None:
+        publisher = BusPublisher(url, connect_timeout=0.2)
+        await publisher.start()
+        events = numbered(0, 20_000)
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        await publisher.publish(events)
+        grown = tracemalloc.get_traced_memory()[0] - before
+        tracemalloc.stop()
+        held = publisher.stats()["buffered_bytes"]
+        assert grown < 2 * held + 200 * len(events), f"{grown:,} B traced for {held:,} B of messages"
+        await publisher.stop(timeout=0.2)
 
     asyncio.run(main())
 

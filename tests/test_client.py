@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -239,3 +240,19 @@ def test_an_event_json_cannot_hold_fails_at_send_and_the_sender_lives_on(service
         client.send(make_event())
         client.flush(timeout=30)
         assert client.count() == 1
+
+
+def test_a_buffered_event_costs_about_its_json_size() -> None:
+    """Client.send keeps each event's JSON at its own size (orjson's bytes carry a ~4 KiB buffer)."""
+    client = Client(url="http://127.0.0.1:9", token="t", batch_size=100_000, flush_interval=60, retries=0)
+    events = [{"event_type": "e", "source": "s", "timestamp": 1.0 + i, "data": {"n": i}} for i in range(20_000)]
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for event in events:
+        client.send(event)
+    grown = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    held = sum(len(b) for b in client._buffer)
+    assert grown < 2 * held + 200 * len(events), f"{grown:,} B traced for {held:,} B of JSON"
+    client._buffer.clear()  # nothing to send: nobody listens there
+    client.close()

@@ -520,7 +520,9 @@ class BusPublisher:
         item["data"] = orjson.Fragment(row.data_json)
         if key is not None:
             item["idempotency_key"] = key
-        encoded = orjson.dumps(item)
+        # orjson's bytes keep its whole ~4 KiB write buffer allocated: a copy is the message's size,
+        # so max_buffer_bytes bounds the buffer's real memory
+        encoded = bytes(memoryview(orjson.dumps(item)))
         limit = self._max_payload - _HEADROOM
         if len(encoded) > limit:
             raise ValidationError(

@@ -73,6 +73,11 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _dumps(value: Any) -> bytes:
+    """JSON bytes of their own size: orjson's keep its ~4 KiB write buffer, too much to hold per buffered event."""
+    return bytes(memoryview(orjson.dumps(value)))
+
+
 def _stamp(event: Mapping[str, Any], now: float) -> dict[str, Any]:
     """The event with a timestamp, so that a retried post is recognised as the same event."""
     stamped = dict(event)
@@ -160,7 +165,7 @@ class Client:
 
     def send(self, event: Mapping[str, Any]) -> None:
         """Buffer one event; a background thread posts the buffer in batches (blocks when it is full)."""
-        encoded = orjson.dumps(_stamp(event, time.time()))  # a value JSON cannot hold raises here
+        encoded = _dumps(_stamp(event, time.time()))  # a value JSON cannot hold raises here
         with self._lock:
             if self._closing:
                 raise ServiceError("the client is closed")
@@ -350,7 +355,7 @@ class AsyncClient:
 
     async def send(self, event: Mapping[str, Any]) -> None:
         """Buffer one event; a background task posts the buffer in batches."""
-        self._buffer.append(orjson.dumps(_stamp(event, time.time())))
+        self._buffer.append(_dumps(_stamp(event, time.time())))
         if self._sender is None or self._sender.done():
             self._sender = asyncio.create_task(self._send_loop())
         if len(self._buffer) >= self._options.batch_size:

@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: run test lint format bench bench-full bench-postgres torture clean
+.PHONY: run test lint format bench bench-full bench-postgres bench-bus torture clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,12 @@ bench-full: $(VENV)/.installed-bench
 BENCH_PG_ARGS ?=
 bench-postgres: $(VENV)/.installed-bench $(VENV)/.installed-test
 	$(BIN)/python bench/postgres.py $(BENCH_PG_ARGS)
+
+# bench-bus: the NATS JetStream path end to end (BusPublisher, its own nats-server, ingest-worker -> SQLite /
+# PostgreSQL), 200k events, 3 repeats (~4-6 min); BENCH_BUS_ARGS="--events 50000 --repeats 1" for a quick look.
+BENCH_BUS_ARGS ?=
+bench-bus: $(VENV)/.installed-bench $(VENV)/.installed-test
+	$(BIN)/python bench/bus.py $(BENCH_BUS_ARGS)
 
 # torture: the reliability suite (tests/reliability) at full counts, then its table.
 TORTURE_REPORT ?= $(CURDIR)/.torture-report.jsonl

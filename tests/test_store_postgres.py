@@ -77,13 +77,16 @@ def test_two_stores_dedup_the_same_batch(pg_url: str) -> None:
 def test_concurrent_writers_dedup_count_exactly_and_give_ids_in_commit_order(pg_url: str) -> None:
     """Four writers on overlapping batches (duplicates within and across them): each event once, counters exact,
     and a reader following "ids after the last seen" meanwhile misses none (ids are given in commit order)."""
-    everything = rows(4000, step=7.0)  # ~8 hours: counters of many minutes
+    everything = rows(8000, step=7.0)  # ~16 hours: counters of many minutes
     rng = random.Random(7)
     batches = []
-    for _ in range(60):
-        lo = rng.randrange(0, 3800)
-        batch = everything[lo : lo + rng.randint(50, 200)]
-        batches.append(batch + rng.sample(batch, 5))  # duplicates within the batch too
+    for first in (0, 4000):  # overlapping batches; all of them again (duplicates only); new ones
+        for _ in range(40):
+            lo = rng.randrange(first, first + 3800)
+            batch = everything[lo : lo + rng.randint(50, 200)]
+            batches.append(batch + rng.sample(batch, 5))  # duplicates within the batch too
+        if first == 0:
+            batches += batches[:]
     stores = [PostgresStore(pg_url) for _ in range(5)]
     done = threading.Event()
     seen: list[int] = []

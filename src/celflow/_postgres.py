@@ -24,7 +24,8 @@
   under it: the COPYs (and the parsing of their JSON) and the counters run in parallel.
 - Per-minute counters as in SQLite (``event_counts``), kept in each batch's transaction and by a
   delete trigger; a dropped day subtracts its minutes. A batch counts all its staged rows in one
-  upsert before the lock and takes back, after the move, those it did not insert (duplicates).
+  upsert before the lock (after a batch of mostly duplicates: those not stored yet), and after the
+  move counts the difference (duplicates within the batch, rows another writer stored meanwhile).
 """
 
 from __future__ import annotations
@@ -171,13 +172,30 @@ _MOVE = (
     "SELECT timestamp, event_type, action, source, data_json, hash FROM celflow_staging ORDER BY ord "
     "ON CONFLICT (timestamp, hash) DO NOTHING RETURNING id, timestamp, hash, event_type, source"
 )
-#: Takes back the counts of staged rows the move did not insert (duplicates): rows this transaction
-#: counted itself, so holds already, and never waits for.
-_UNCOUNT = (
-    "UPDATE event_counts AS c SET n = c.n - d.n "
-    "FROM unnest(%s::text[], %s::bigint[], %s::text[], %s::bigint[]) AS d(kind, minute, name, n) "
-    "WHERE c.kind = d.kind AND c.minute = d.minute AND c.name = d.name"
+#: :data:`_PRECOUNT` of the staged rows not stored already, for a batch after one of mostly
+#: duplicates (a migration run again), where counting all of them would count for nothing; returns
+#: the ``ord`` of the rows it counted. LATERAL ... LIMIT 1: one index probe per row (as a join, the
+#: planner hashed every partition).
+_PRECOUNT_NEW = """WITH fresh AS (
+    SELECT s.ord, s.timestamp, s.event_type, s.source FROM celflow_staging s LEFT JOIN LATERAL (
+        SELECT true AS stored FROM events e WHERE e.timestamp = s.timestamp AND e.hash = s.hash LIMIT 1
+    ) AS x ON true WHERE x.stored IS NULL
+), counted AS (
+    INSERT INTO event_counts AS c (kind, minute, name, n)
+    SELECT kind, minute, name, count(*) FROM (
+        SELECT 'event_type' AS kind, floor(timestamp / 60)::bigint AS minute, event_type AS name FROM fresh
+        UNION ALL SELECT 'source', floor(timestamp / 60)::bigint, source FROM fresh
+    ) AS k GROUP BY kind, minute, name ORDER BY minute DESC, kind, name
+    ON CONFLICT (kind, minute, name) DO UPDATE SET n = c.n + excluded.n
 )
+SELECT ord FROM fresh"""
+#: Counts what the move inserted minus what was counted before it: minus for a duplicate within the
+#: batch or a row another writer stored meanwhile (rows this transaction counted, so holds already
+#: and never waits for); plus only for a row counted as stored that retention deleted before the
+#: move (all but never; it may wait for a row another writer holds, a cycle deadlock detection breaks).
+_RECOUNT = """INSERT INTO event_counts AS c (kind, minute, name, n)
+SELECT * FROM unnest(%s::text[], %s::bigint[], %s::text[], %s::bigint[]) ORDER BY 2 DESC, 1, 3
+ON CONFLICT (kind, minute, name) DO UPDATE SET n = c.n + excluded.n"""
 _INSERT_LOCK = 0x43454C46  # pg_advisory_xact_lock key of the move step ("CELF")
 _BUILD_LOCK = _INSERT_LOCK + 3  # pg_advisory_lock key of the search index builder: one at a time
 
@@ -246,6 +264,7 @@ class PostgresStore:
         self._closed = False
         self._local = threading.local()
         self._known_days: set[int] = set()  # day partitions known to exist (added after each commit)
+        self._mostly_duplicates = False  # whether the last batch was (then counted under the lock)
         self._opclass: Any = None  # pg_trgm's gin_trgm_ops, schema-qualified, when a writer has it
         self._build_lock = threading.Lock()
         self._builder: threading.Thread | None = None
@@ -560,30 +579,37 @@ class PostgresStore:
                     if row.data_compressed is not None:  # large data: TOAST compresses it
                         data_json = data_text(None, row.data_compressed)
                     copy.write_row((i, row.timestamp, row.event_type, row.action, row.source, data_json, row.hash))
-            conn.execute(_PRECOUNT)
+            # Counters only before the lock: counting under it could wait for rows that a writer
+            # waiting for the lock holds (a deadlock).
+            if self._mostly_duplicates:  # as the last batch was
+                counted: Sequence[Row] = [rows[i] for (i,) in conn.execute(_PRECOUNT_NEW).fetchall()]
+            else:
+                conn.execute(_PRECOUNT)
+                counted = rows
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_INSERT_LOCK,))  # held until the commit
             new = conn.execute(_MOVE).fetchall()
-            if len(new) < len(rows):
-                self._uncount(conn, rows, new)
+            if len(new) != len(counted) or (counted is not rows and 0 < len(new) < len(rows)):
+                self._recount(conn, counted, new)
             ids = self._resolve_ids(conn, rows, new) if want_ids else None
         self._known_days |= days
+        self._mostly_duplicates = len(new) * 2 < len(rows)
         return InsertResult(ids, len(new), len(rows) - len(new))
 
     @staticmethod
-    def _uncount(conn: Any, rows: Sequence[Row], new: list[Any]) -> None:
-        """Subtract the rows counted by :data:`_PRECOUNT` that the move did not insert."""
-        left: Counter[tuple[str, int, str]] = Counter()
-        for row in rows:
+    def _recount(conn: Any, counted: Sequence[Row], new: list[Any]) -> None:
+        """Make the counters say what the move inserted, not what was counted before it."""
+        delta: Counter[tuple[str, int, str]] = Counter()
+        for row in counted:
             minute = math.floor(row.timestamp / 60)  # floor(timestamp / 60) in SQL: the same double division
-            left["event_type", minute, row.event_type] += 1
-            left["source", minute, row.source] += 1
+            delta["event_type", minute, row.event_type] -= 1
+            delta["source", minute, row.source] -= 1
         for _, ts, _, event_type, source in new:
             minute = math.floor(ts / 60)
-            left["event_type", minute, event_type] -= 1
-            left["source", minute, source] -= 1
-        gone = sorted((key, n) for key, n in left.items() if n)
-        if gone:
-            conn.execute(_UNCOUNT, [[k[i] for k, _ in gone] for i in range(3)] + [[n for _, n in gone]])
+            delta["event_type", minute, event_type] += 1
+            delta["source", minute, source] += 1
+        changed = [(key, n) for key, n in delta.items() if n]
+        if changed:
+            conn.execute(_RECOUNT, [[k[i] for k, _ in changed] for i in range(3)] + [[n for _, n in changed]])
 
     @staticmethod
     def _resolve_ids(conn: Any, rows: Sequence[Row], new: list[Any]) -> list[int]:

@@ -10,6 +10,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -28,10 +29,12 @@ SYSTEM_URL = "nats://127.0.0.1:4222"
 __all__ = [
     "SYSTEM_URL",
     "NatsServer",
+    "Proc",
     "bus_url",
     "free_port",
     "names",
     "own_nats",
+    "procs",
     "stream_events",
     "wait_until",
 ]
@@ -175,3 +178,60 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
     while not check():
         assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
         time.sleep(0.05)
+
+
+class Proc:
+    """A subprocess whose stdout lines are collected by a thread."""
+
+    def __init__(self, args: list[str], log: Path, cwd: Path, env: dict[str, str] | None = None) -> None:
+        """``env``: variables set for the child on top of the test's (no config file unless given)."""
+        child = {**os.environ, "CELFLOW_STATS_INTERVAL": "0", "XDG_CONFIG_HOME": str(cwd)}
+        child.pop("CELFLOW_CONFIG", None)
+        env = {**child, **(env or {})}
+        self.log = log
+        self.proc = subprocess.Popen(
+            args,
+            stdout=subprocess.PIPE,
+            stderr=open(log, "wb"),  # noqa: SIM115 - the child keeps it
+            cwd=cwd,
+            env=env,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.strip())
+
+    def statuses(self) -> list[dict[str, Any]]:
+        return [orjson.loads(line) for line in list(self.lines) if line.startswith("{")]
+
+    def has(self, event: str) -> bool:
+        return any(s["event"] == event for s in self.statuses())
+
+    def first(self) -> str | None:
+        found = self.statuses()
+        return found[0]["event"] if found else None
+
+    def stderr(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:]
+
+    def stop(self, timeout: float = 30) -> int:
+        """SIGTERM, and the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+
+@pytest.fixture
+def procs() -> Iterator[list[Proc]]:
+    """Processes started by a test, killed after it."""
+    started: list[Proc] = []
+    yield started
+    for p in started:
+        if p.proc.poll() is None:
+            p.proc.kill()
+            p.proc.wait(10)

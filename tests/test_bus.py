@@ -8,15 +8,12 @@ session when none runs there. Without a nats-server binary they are skipped, lou
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sqlite3
-import subprocess
 import sys
-import threading
 import time
 import tracemalloc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +31,10 @@ from celflow import (
 )
 from celflow._encoding import prepare_event
 from celflow.bus import BusError, BusPublisher, IngestWorker, _with_database, shown_url
-from nats_server import NatsServer, bus_url, free_port, names, own_nats, stream_events, wait_until
+from nats_server import NatsServer, Proc, bus_url, free_port, names, own_nats, procs, stream_events, wait_until
 from pg_server import pg_url
 
-__all__ = ["bus_url", "names", "own_nats", "pg_url"]  # the fixtures, re-exported for pytest
+__all__ = ["bus_url", "names", "own_nats", "pg_url", "procs"]  # the fixtures, re-exported for pytest
 
 nats = pytest.importorskip("nats", reason="nats-py is not installed (pip install 'celflow[bus]')")
 
@@ -380,55 +377,6 @@ def test_events_arrive_exactly_as_stored_locally(tmp_path: Path, bus_url: str, n
 
 
 # -- end to end: two producers, two worker processes, one killed ---------------------------------
-
-
-class Proc:
-    """A subprocess whose stdout lines are collected by a thread."""
-
-    def __init__(self, args: list[str], log: Path, cwd: Path) -> None:
-        env = {**os.environ, "CELFLOW_STATS_INTERVAL": "0", "XDG_CONFIG_HOME": str(cwd)}
-        env.pop("CELFLOW_CONFIG", None)
-        self.log = log
-        self.proc = subprocess.Popen(
-            args,
-            stdout=subprocess.PIPE,
-            stderr=open(log, "wb"),  # noqa: SIM115 - the child keeps it
-            cwd=cwd,
-            env=env,
-            text=True,
-        )
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.strip())
-
-    def statuses(self) -> list[dict[str, Any]]:
-        return [orjson.loads(line) for line in list(self.lines) if line.startswith("{")]
-
-    def has(self, event: str) -> bool:
-        return any(s["event"] == event for s in self.statuses())
-
-    def first(self) -> str | None:
-        found = self.statuses()
-        return found[0]["event"] if found else None
-
-    def stderr(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:]
-
-
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    """Processes started by a test, killed after it."""
-    started: list[Proc] = []
-    yield started
-    for p in started:
-        if p.proc.poll() is None:
-            p.proc.kill()
-            p.proc.wait(10)
 
 
 def _end_to_end(

@@ -9,23 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from celflow import EventDatabase
 from celflow.client import Client
-from nats_server import NatsServer, free_port, nats, own_nats, stream_events, wait_until
+from nats_server import NatsServer, Proc, free_port, nats, own_nats, procs, stream_events, wait_until
 from pg_server import pg_url
 
-__all__ = ["own_nats", "pg_url"]  # the fixtures, re-exported for pytest
+__all__ = ["own_nats", "pg_url", "procs"]  # the fixtures, re-exported for pytest
 
 CLI = "import sys; from celflow.cli import main; sys.exit(main())"
 SECRET = "sk-" + "Q" * 24
@@ -62,46 +58,19 @@ redact_patterns = ["sk-[A-Za-z0-9]{{20,}}"]
     return path
 
 
-class Celflow:
-    """A ``celflow`` subprocess with its stderr in a log file."""
-
-    def __init__(self, args: list[str], config: Path, log: Path) -> None:
-        env = {**os.environ, "CELFLOW_CONFIG": str(config), "XDG_CONFIG_HOME": str(config.parent)}
-        self.log = log
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", CLI, *args],
-            stdout=subprocess.DEVNULL,
-            stderr=open(log, "wb"),  # noqa: SIM115 - the child keeps it
-            cwd=config.parent,
-            env=env,
-        )
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self, timeout: float = 30) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
+def _celflow(args: list[str], config: Path, log: Path, procs: list[Proc]) -> Proc:
+    """A ``celflow`` subprocess reading ``config``, killed after the test."""
+    proc = Proc([sys.executable, "-c", CLI, *args], log, config.parent, env={"CELFLOW_CONFIG": str(config)})
+    procs.append(proc)
+    return proc
 
 
-@pytest.fixture
-def started() -> Iterator[list[Celflow]]:
-    procs: list[Celflow] = []
-    yield procs
-    for p in procs:
-        if p.proc.poll() is None:
-            p.proc.kill()
-            p.proc.wait(10)
-
-
-def _service(tmp_path: Path, config: Path, started: list[Celflow]) -> tuple[Celflow, Client]:
-    run = Celflow(["run"], config, tmp_path / "run.log")
-    started.append(run)
+def _service(tmp_path: Path, config: Path, procs: list[Proc]) -> tuple[Proc, Client]:
+    run = _celflow(["run"], config, tmp_path / "run.log", procs)
     wait_until(
         lambda: (tmp_path / "laptop" / "service.json").exists() or run.proc.poll() is not None, 30, "the service"
     )
-    assert run.proc.poll() is None, run.text()
+    assert run.proc.poll() is None, run.stderr()
     return run, Client(data_dir=str(tmp_path / "laptop"), timeout=10, retries=2)
 
 
@@ -118,10 +87,10 @@ def _events(first: int, count: int) -> list[dict[str, Any]]:
 
 
 def test_published_events_reach_the_store_once_redacted_and_survive_a_broker_outage(
-    tmp_path: Path, own_nats: NatsServer, started: list[Celflow]
+    tmp_path: Path, own_nats: NatsServer, procs: list[Proc]
 ) -> None:
     config = _config(tmp_path, own_nats)
-    run, client = _service(tmp_path, config, started)
+    run, client = _service(tmp_path, config, procs)
     with client:
         assert client.health()["status"] == "ok"
         for event in _events(0, 300):
@@ -151,18 +120,18 @@ def test_published_events_reach_the_store_once_redacted_and_survive_a_broker_out
         own_nats.start()  # same port, same JetStream store
         wait_until(lambda: client.stats()["queue_size"] == 0, 30, "the buffer resent")
         assert client.health()["status"] == "ok"
-    assert run.stop() == 0, run.text()
-    assert "stopped cleanly" in run.text()
+    assert run.stop() == 0, run.stderr()
+    assert "stopped cleanly" in run.stderr()
 
-    worker = Celflow(
+    worker = _celflow(
         ["ingest-worker", "--db", str(tmp_path / "store.db"), "--durable", "store", "--json"],
         config,
         tmp_path / "worker.log",
+        procs,
     )
-    started.append(worker)
     db_path = tmp_path / "store.db"
     # the file is being created until the worker consumes: a reader before then may see it half-made
-    wait_until(lambda: "consuming" in worker.text() or worker.proc.poll() is not None, 30, "the worker")
+    wait_until(lambda: "consuming" in worker.stderr() or worker.proc.poll() is not None, 30, "the worker")
 
     def stored() -> int:
         with EventDatabase(db_path, readonly=True) as db:
@@ -170,7 +139,7 @@ def test_published_events_reach_the_store_once_redacted_and_survive_a_broker_out
 
     wait_until(lambda: stored() >= 401 + 200, 60, "the worker storing every event")
     time.sleep(1.0)  # anything more would be a duplicate
-    assert worker.stop() == 0, worker.text()
+    assert worker.stop() == 0, worker.stderr()
     with EventDatabase(db_path, readonly=True) as db:
         events = list(db.iter_events())
         assert len(events) == 601  # 400 + 200 numbered, one keyed (its two posts are the same event)
@@ -179,13 +148,12 @@ def test_published_events_reach_the_store_once_redacted_and_survive_a_broker_out
 
 
 def test_a_publishing_service_reads_and_follows_the_shared_postgresql_store(
-    tmp_path: Path, own_nats: NatsServer, pg_url: str, started: list[Celflow]
+    tmp_path: Path, own_nats: NatsServer, pg_url: str, procs: list[Proc]
 ) -> None:
     config = _config(tmp_path, own_nats, read_url=pg_url)
-    worker = Celflow(["ingest-worker", "--db", pg_url, "--durable", "pg"], config, tmp_path / "worker.log")
-    started.append(worker)
-    wait_until(lambda: "consuming" in worker.text() or worker.proc.poll() is not None, 30, "the worker")
-    run, client = _service(tmp_path, config, started)
+    worker = _celflow(["ingest-worker", "--db", pg_url, "--durable", "pg"], config, tmp_path / "worker.log", procs)
+    wait_until(lambda: "consuming" in worker.stderr() or worker.proc.poll() is not None, 30, "the worker")
+    run, client = _service(tmp_path, config, procs)
     with client:
         client.send_batch(_events(0, 20), wait=True)
         wait_until(lambda: _total(client) == 20, 30, "the service reading what the worker stored")
@@ -208,17 +176,17 @@ def test_a_publishing_service_reads_and_follows_the_shared_postgresql_store(
         follower.close()
         assert [e["data"]["n"] for e in followed] == list(range(25))
         assert all("[REDACTED]" in e["data"]["note"] for e in followed)
-    assert run.stop() == 0, run.text()
-    assert worker.stop() == 0, worker.text()
+    assert run.stop() == 0, run.stderr()
+    assert worker.stop() == 0, worker.stderr()
 
 
 def test_captured_events_are_published_from_the_capture_threads(
-    tmp_path: Path, own_nats: NatsServer, started: list[Celflow]
+    tmp_path: Path, own_nats: NatsServer, procs: list[Proc]
 ) -> None:
     config = _config(tmp_path, own_nats, processes=True)
-    run, client = _service(tmp_path, config, started)
+    run, client = _service(tmp_path, config, procs)
     with client:
-        wait_until(lambda: "watching processes" in run.text(), 30, "the process watcher's first scan")
+        wait_until(lambda: "watching processes" in run.stderr(), 30, "the process watcher's first scan")
         child = subprocess.Popen(["sleep", "1.5"])
 
         def seen() -> list[dict[str, Any]]:
@@ -229,12 +197,12 @@ def test_captured_events_are_published_from_the_capture_threads(
         child.wait()  # reaped: no longer a process
         wait_until(lambda: {e["action"] for e in seen()} >= {"start", "exit"}, 30, "the child's exit")
         assert client.stats()["total_stored"] >= 2  # acknowledged by JetStream
-    assert run.stop() == 0, run.text()
+    assert run.stop() == 0, run.stderr()
     assert not (tmp_path / "laptop" / "events.db").exists()
 
 
 def test_a_full_buffer_refuses_a_refusing_stream_degrades_and_a_stop_counts_what_was_left(
-    tmp_path: Path, own_nats: NatsServer, started: list[Celflow]
+    tmp_path: Path, own_nats: NatsServer, procs: list[Proc]
 ) -> None:
     # a stream that takes one message and refuses the rest: connected, yet nothing is acknowledged
     async def tiny_stream() -> None:
@@ -248,7 +216,7 @@ def test_a_full_buffer_refuses_a_refusing_stream_degrades_and_a_stop_counts_what
     config = _config(tmp_path, own_nats)
     text = config.read_text().replace("ack_timeout = 1.0", "ack_timeout = 1.0\nmax_buffer = 50\nbatch_size = 10")
     config.write_text(text.replace("[persistence]", '[persistence]\noverflow = "drop"'))
-    run, client = _service(tmp_path, config, started)
+    run, client = _service(tmp_path, config, procs)
     with client:
         client.send_batch(_events(0, 10), wait=True)  # the one message the stream takes
         client.send_batch(_events(10, 30))  # buffered; JetStream refuses them
@@ -261,8 +229,8 @@ def test_a_full_buffer_refuses_a_refusing_stream_degrades_and_a_stop_counts_what
         assert client._http.post("/api/v1/events", json=_events(200, 30)).status_code == 503
         metrics = client._http.get("/metrics").text
         assert "celflow_events_stored_total 10.0" in metrics and "celflow_queue_size 30.0" in metrics
-    assert run.stop() == 1, run.text()  # 30 accepted events never acknowledged: said, and exit 1
-    assert "30 accepted events were never acknowledged" in run.text()
+    assert run.stop() == 1, run.stderr()  # 30 accepted events never acknowledged: said, and exit 1
+    assert "30 accepted events were never acknowledged" in run.stderr()
 
 
 def test_bad_bus_settings_are_one_clear_line(tmp_path: Path) -> None:

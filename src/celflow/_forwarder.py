@@ -36,7 +36,7 @@ log = logging.getLogger("celflow")
 _REFRESH = 10.0
 
 
-def _totals(store: EventStore) -> tuple[int, int, dict[str, float]]:
+def _read_totals(store: EventStore) -> tuple[int, int, dict[str, float]]:
     return store.count_events(EventQuery()), store.last_id(), store.sizes()
 
 
@@ -106,7 +106,7 @@ class BusForwarder:
                 await self._open_reads()
             if self._reads is not None:
                 try:
-                    total, last, sizes = await asyncio.to_thread(_totals, self._reads.store)
+                    total, last, sizes = await asyncio.to_thread(_read_totals, self._reads.store)
                     self._totals = {
                         "total_events": total,
                         "last_event_id": last,

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 from ._encoding import Row, _zstd_compressor, encode_data, prepare_event
 from ._exceptions import PersistenceError, ValidationError
 from ._postgres import _shown, _split_schema, is_postgres_url
-from ._storage import EventStore, open_store
+from ._storage import EventStore, open_store, sqlite_path
 from ._types import EventQuery, Pattern, StoredEvent, SystemStats
 
 __all__ = ["MigrationReport", "migrate_history"]
@@ -108,17 +108,13 @@ def migrate_history(
     return report
 
 
-def _sqlite_path(location: str) -> str:
-    return location[len("sqlite:///") :] if location.startswith("sqlite:///") else location
-
-
 def _same_database(a: str, b: str) -> bool:
     """Whether two locations name the same database (a best effort: the same file, or server, port, database
     and schema)."""
     if is_postgres_url(a) != is_postgres_url(b):
         return False
     if not is_postgres_url(a):
-        pa, pb = _sqlite_path(a), _sqlite_path(b)
+        pa, pb = sqlite_path(a), sqlite_path(b)
         if os.path.exists(pa) and os.path.exists(pb):
             return os.path.samefile(pa, pb)
         return os.path.realpath(pa) == os.path.realpath(pb)

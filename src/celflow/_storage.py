@@ -127,6 +127,11 @@ class EventStore(Protocol):
         """Release every resource."""
 
 
+def sqlite_path(location: str) -> str:
+    """The file a SQLite location names: ``sqlite:///path`` is ``path``; a plain path is itself."""
+    return location.removeprefix("sqlite:///")
+
+
 def open_store(
     location: str | os.PathLike[str], *, readonly: bool = False, durability: Literal["normal", "full"] = "normal"
 ) -> EventStore:
@@ -138,6 +143,4 @@ def open_store(
     path = os.fspath(location)
     if is_postgres_url(path):
         return PostgresStore(path, readonly=readonly)
-    if path.startswith("sqlite:///"):
-        path = path[len("sqlite:///") :]
-    return SQLiteStore(path, readonly=readonly, durability=durability)
+    return SQLiteStore(sqlite_path(path), readonly=readonly, durability=durability)

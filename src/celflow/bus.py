@@ -43,6 +43,7 @@ from ._config import Config, PrivacyConfig, parse_config
 from ._encoding import EncodingOptions, Row, prepare_batch, prepare_each
 from ._exceptions import BusError, ConfigError, QueueFullError, ValidationError, WriterBusyError
 from ._privacy import PrivacyRules
+from ._storage import is_postgres_url, sqlite_path
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NatsClient
@@ -111,6 +112,21 @@ def shown_url(url: str) -> str:
 def check_url(url: str) -> None:
     if urlsplit(url).scheme not in _BUS_SCHEMES:
         raise ConfigError(f"bus URL {shown_url(url)!r} must start with nats://, tls://, ws:// or wss://")
+
+
+async def _unless(task: asyncio.Future[Any], event: asyncio.Event) -> bool:
+    """Wait for ``task`` unless ``event`` is set first; then cancel it and return ``False``."""
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+    if task.done():
+        return True
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):  # what it says once cancelled is moot
+        await task
+    return False
 
 
 def _subject_matches(pattern: str, subject: str) -> bool:
@@ -682,15 +698,7 @@ class BusPublisher:
         publish = asyncio.ensure_future(
             js.publish(self.subject, message.payload, timeout=self.ack_timeout, headers=headers)
         )
-        dropped = asyncio.ensure_future(self._disconnected.wait())
-        try:
-            await asyncio.wait({publish, dropped}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            dropped.cancel()
-        if not publish.done():
-            publish.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await publish
+        if not await _unless(publish, self._disconnected):
             raise ConnectionError("the connection dropped before the broker acknowledged")
         return publish.result()
 
@@ -791,15 +799,7 @@ class IngestWorker:
                 reconnected_cb=self._on_reconnected,
             )
         )
-        stopping = asyncio.ensure_future(self._stop.wait())
-        try:
-            await asyncio.wait({connect, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopping.cancel()
-        if not connect.done():
-            connect.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await connect
+        if not await _unless(connect, self._stop):
             self.state = BusState.STOPPED
             return self.stats
         nc: NatsClient = connect.result()
@@ -925,15 +925,11 @@ def _with_database(config: Config, database: str | os.PathLike[str] | None) -> C
     if database is None:
         return config
     location = os.fspath(database)
-    if location.startswith("sqlite:///"):
-        location = location[len("sqlite:///") :]
     settings = config.persistence
-    if location.startswith(("postgresql://", "postgres://")):
-        if "database_url" not in type(settings).__struct_fields__:
-            raise ConfigError("this CelFlow's persistence manager does not take a database URL yet; give a path")
+    if is_postgres_url(location):
         settings = msgspec.structs.replace(settings, database_url=location)
     else:
-        settings = msgspec.structs.replace(settings, database_path=location)
+        settings = msgspec.structs.replace(settings, database_path=sqlite_path(location))
     return msgspec.structs.replace(config, persistence=settings)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,9 @@ from rich.console import Console
 from .. import __version__
 from .._config import Config, load_config
 from .._exceptions import CelflowError
-from .._storage import is_postgres_url
+from .._storage import is_postgres_url, sqlite_path
 
-__all__ = ["State", "cli", "data_folder", "database_location", "db_option", "main"]
+__all__ = ["State", "cli", "data_folder", "database_location", "db_option", "main", "when"]
 
 err_console = Console(stderr=True, highlight=False)
 
@@ -46,7 +47,12 @@ def data_folder(state: State, location: str) -> Path:
     """The data folder (token, log, service.json): the database file's, or database_path's for a URL."""
     if is_postgres_url(location):
         return Path(state.load()[0].persistence.database_path).parent
-    return Path(location.removeprefix("sqlite:///")).parent
+    return Path(sqlite_path(location)).parent
+
+
+def when(ts: float | None) -> str:
+    """A timestamp as local time for a table, ``-`` for none."""
+    return "-" if ts is None else datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
 
 
 #: ``--db`` of every command that opens the database: a plain string, so a URL stays as written.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from datetime import datetime
 from pathlib import Path
 
 import click
@@ -23,8 +22,8 @@ from .._care import (
     vacuum_database,
     vacuum_postgres,
 )
-from .._storage import is_postgres_url
-from . import State, database_location, db_option
+from .._storage import is_postgres_url, sqlite_path
+from . import State, database_location, db_option, when
 
 __all__ = ["db"]
 
@@ -35,15 +34,11 @@ err_console = Console(stderr=True, highlight=False)
 def _location(state: State, db: str | None) -> str:
     """The database to look after; a ``sqlite:///`` location is its file."""
     location = database_location(state, db)
-    return location if is_postgres_url(location) else location.removeprefix("sqlite:///")
+    return location if is_postgres_url(location) else sqlite_path(location)
 
 
 def _json(value: object) -> None:
     sys.stdout.buffer.write(orjson.dumps(value, option=orjson.OPT_INDENT_2) + b"\n")
-
-
-def _when(ts: float | None) -> str:
-    return "-" if ts is None else datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
 
 
 @click.group()
@@ -73,7 +68,7 @@ def _show_postgres(report: PostgresCheckReport) -> None:
         f"  PostgreSQL, schema version {report.schema_version}, {report.size_mb:,.1f} MB in {report.partitions:,} "
         f"day partitions; {report.total_events or 0:,} events{rows}, last id {report.last_event_id or 0:,}"
     )
-    console.print(f"  oldest {_when(report.oldest_event)}, newest {_when(report.newest_event)}")
+    console.print(f"  oldest {when(report.oldest_event)}, newest {when(report.newest_event)}")
     for note in report.notes:
         console.print(f"  note: {escape(note)}")
     for problem in report.problems[:20]:

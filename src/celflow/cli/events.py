@@ -7,7 +7,6 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +20,7 @@ from .._database import EventDatabase, make_query
 from .._exceptions import ServiceError
 from .._export import EXPORT_FORMATS, IMPORT_FORMATS, export_events, import_events
 from .._types import StoredEvent
-from . import State, data_folder, database_location, db_option
+from . import State, data_folder, database_location, db_option, when
 
 if TYPE_CHECKING:
     from ..client import Client
@@ -35,10 +34,6 @@ def _open(state: State, db: str | None) -> EventDatabase:
     return EventDatabase(database_location(state, db), readonly=True)
 
 
-def _when(ts: float | None) -> str:
-    return "-" if ts is None else datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
-
-
 def _since(hours: float | None) -> float | None:
     return None if hours is None else time.time() - hours * 3600
 
@@ -50,7 +45,7 @@ def _print_json(value: Any) -> None:
 
 def _event_table(rows: list[StoredEvent], title: str) -> Table:
     cells = [
-        (str(e.id), _when(e.timestamp), e.event_type, e.action or "", e.source, orjson.dumps(e.data).decode())
+        (str(e.id), when(e.timestamp), e.event_type, e.action or "", e.source, orjson.dumps(e.data).decode())
         for e in rows
     ]
     # Fixed columns keep their width; the data column gets what is left of the terminal.
@@ -105,8 +100,8 @@ def stats(state: State, db: str | None, as_json: bool) -> None:
     summary.add_column(style="bold")
     summary.add_column(justify="right")
     summary.add_row("events", f"{info['total_events']:,}")
-    summary.add_row("oldest", _when(info["oldest_event"]))
-    summary.add_row("newest", _when(info["newest_event"]))
+    summary.add_row("oldest", when(info["oldest_event"]))
+    summary.add_row("newest", when(info["newest_event"]))
     summary.add_row("patterns", f"{info['total_patterns']:,}")
     summary.add_row("system stats rows", f"{info['total_system_stats']:,}")
     summary.add_row("database size", f"{info['database_size_mb']:.2f} MB (WAL {info['wal_size_mb']:.2f} MB)")
@@ -347,7 +342,7 @@ def _line(event: dict[str, Any], as_json: bool) -> str:
         return orjson.dumps(event).decode()
     data = orjson.dumps(event["data"]).decode()
     action = event["action"] or "-"
-    return f"{event['id']:>8} {_when(event['timestamp'])} {event['event_type']} {action} {event['source']} {data}"
+    return f"{event['id']:>8} {when(event['timestamp'])} {event['event_type']} {action} {event['source']} {data}"
 
 
 @events.command()

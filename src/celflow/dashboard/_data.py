@@ -20,7 +20,7 @@ from typing import Any
 
 from .._database import EventDatabase
 from .._exceptions import CelflowError, DatabaseClosedError, QueryTimeoutError
-from .._storage import is_postgres_url
+from .._storage import is_postgres_url, sqlite_path
 from .._types import EventQuery, Pattern, StoredEvent, SystemStats
 
 __all__ = ["WINDOWS", "DashboardSource", "Filters", "Snapshot"]
@@ -107,7 +107,7 @@ class DashboardSource:
         self.database = EventDatabase(self.location, readonly=True)
         self.path = self.database.store.path  # what the title shows: the file as given, or the URL without password
         if data_dir is None and not is_postgres_url(self.location):
-            data_dir = Path(self.location.removeprefix("sqlite:///")).parent
+            data_dir = Path(sqlite_path(self.location)).parent
         self.data_dir = Path(data_dir) if data_dir is not None else None
         self.clock = clock
         self._total: int | None = None

@@ -53,18 +53,21 @@ def _env() -> dict[str, str]:
 
 
 class Procs:
-    """Starts helper processes and kills (by pid) any still running at teardown."""
+    """Starts ``script`` processes (under ``prefix``, e.g. libfiu's fiu-run) and kills (by pid) any still
+    running at teardown."""
+
+    script = HELPER
 
     def __init__(self, tmp_path: Path) -> None:
         self.tmp_path = tmp_path
         self.started: list[subprocess.Popen[str]] = []
         self.stderr_paths: dict[int, Path] = {}
 
-    def spawn(self, *args: object, interactive: bool = False) -> subprocess.Popen[str]:
+    def spawn(self, *args: object, prefix: list[str] | None = None, interactive: bool = False) -> subprocess.Popen[str]:
         stderr_path = self.tmp_path / f"worker-{len(self.started)}.stderr"
         with open(stderr_path, "w") as err:  # the child writes to its own copy of the descriptor
             proc = subprocess.Popen(
-                [sys.executable, str(HELPER), *map(str, args)],
+                [*(prefix or []), sys.executable, str(self.script), *map(str, args)],
                 cwd=self.tmp_path,
                 env=_env(),
                 text=True,

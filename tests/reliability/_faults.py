@@ -9,10 +9,8 @@ import importlib.util
 import json
 import os
 import shutil
-import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +21,7 @@ import pytest
 
 from celflow import decode_data
 from debian import apt_install
+from test_durability import Procs
 
 WORKER = Path(__file__).parents[1] / "helpers" / "faults_worker.py"
 POSIX_PRELOAD = "/usr/lib/fiu/fiu_posix_preload.so"
@@ -122,43 +121,10 @@ def fiu_tools() -> Fiu:
     return Fiu(run, ctrl)
 
 
-class Workers:
+class Workers(Procs):
     """Starts faults_worker.py processes (optionally under libfiu) and kills any still running at teardown."""
 
-    def __init__(self, tmp_path: Path) -> None:
-        self.tmp_path = tmp_path
-        self.started: list[subprocess.Popen[str]] = []
-        self.stderr_paths: dict[int, Path] = {}
-
-    def spawn(self, *args: object, prefix: list[str] | None = None, interactive: bool = False) -> subprocess.Popen[str]:
-        stderr_path = self.tmp_path / f"worker-{len(self.started)}.stderr"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CELFLOW_")}
-        with open(stderr_path, "w") as err:
-            proc = subprocess.Popen(
-                [*(prefix or []), sys.executable, str(WORKER), *map(str, args)],
-                cwd=self.tmp_path,
-                env=env,
-                text=True,
-                stdin=subprocess.PIPE if interactive else subprocess.DEVNULL,
-                stdout=subprocess.PIPE if interactive else subprocess.DEVNULL,
-                stderr=err,
-            )
-        self.started.append(proc)
-        self.stderr_paths[proc.pid] = stderr_path
-        return proc
-
-    def stderr(self, proc: subprocess.Popen[str]) -> str:
-        """What the process wrote to stderr so far (its log)."""
-        return self.stderr_paths[proc.pid].read_text()
-
-    def cleanup(self) -> None:
-        for proc in self.started:
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
-            for stream in (proc.stdin, proc.stdout):
-                if stream is not None:
-                    stream.close()
+    script = WORKER
 
 
 def wait_for(check: Any, what: str, proc: subprocess.Popen[str], workers: Workers, timeout: float = 60.0) -> Any:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import importlib.util
 import json
 import os
 import signal
@@ -17,25 +16,14 @@ import sys
 import threading
 import time
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
-from _reliability import Record, trials
+from _reliability import HELPERS, Record, load_helper, trials
 
-HELPERS = Path(__file__).parents[1] / "helpers"
 CELFLOW = str(Path(sys.executable).parent / "celflow")
 MiB = 1024 * 1024
-
-
-def load_helper(name: str) -> ModuleType:
-    """A helper script as a module, for the constants both processes share."""
-    spec = importlib.util.spec_from_file_location(name, HELPERS / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 soak = load_helper("load_soak")

@@ -70,7 +70,6 @@ from typing import IO, Any
 sys.path.insert(0, str(Path(__file__).parent))
 import nats
 import orjson
-import psycopg
 
 from _util import DistinctCounter, MemorySampler, remove_database, table
 from celflow import EventDatabase, EventQuery, EventStore
@@ -78,6 +77,7 @@ from celflow._encoding import Row, prepare_batch
 from celflow._postgres import PostgresStore
 from celflow._sqlite import SQLiteStore
 from celflow.bus import BusPublisher
+from postgres import Server, ingest
 from workload import generate
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bus.json"
@@ -184,43 +184,13 @@ def delete_stream(url: str, stream: str) -> None:
     asyncio.run(_delete_stream(url, stream))
 
 
-class Schemas:
-    """New ``celflow_bench_*`` schemas on the PostgreSQL server, dropped at the end."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.schemas: list[str] = []
-
-    def new(self) -> str:
-        schema = f"celflow_bench_{uuid.uuid4().hex[:10]}"
-        self.schemas.append(schema)
-        return f"{self.url}{'&' if '?' in self.url else '?'}schema={schema}"
-
-    def drop(self, url: str) -> None:
-        schema = url.split("schema=")[1].split("&")[0]
-        with psycopg.connect(self.url, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        self.schemas.remove(schema)
-
-    def drop_all(self) -> None:
-        for schema in list(self.schemas):
-            self.drop(f"schema={schema}")
-
-    def version(self) -> str:
-        with psycopg.connect(self.url) as conn:
-            return str(conn.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
-
-
 # -- the figures --------------------------------------------------------------------------------------
 
 
 def direct(store: EventStore, rows: Sequence[Row], batch: int) -> float:
-    """Seconds to ``insert_events`` every row in batches (each call commits); the store is closed after."""
+    """:func:`postgres.ingest`'s seconds, the store closed after."""
     try:
-        started = time.perf_counter()
-        for lo in range(0, len(rows), batch):
-            store.insert_events(rows[lo : lo + batch], want_ids=False)
-        return time.perf_counter() - started
+        return ingest(store, rows, batch)
     finally:
         store.close()
 
@@ -337,7 +307,7 @@ class Bench:
     def __init__(self, args: argparse.Namespace, events: Events, rows: Sequence[Row], workdir: Path) -> None:
         self.args, self.events, self.rows, self.workdir = args, events, rows, workdir
         self.expected = Expected(events, rows)
-        self.schemas = Schemas(args.url)
+        self.schemas = Server(args.url)
         self.broker: Broker | None = None
         self.bus_url: str = args.bus or ""
         config = workdir / "celflow.toml"  # ours only: not ./celflow.toml nor the user's
@@ -624,9 +594,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 bench.broker.start()
                 bench.bus_url = bench.broker.url
             broker = bench.broker.version() if bench.broker else f"running at {args.bus}"
+            pg_version = bench.schemas.settings()["server_version"]
             print(
                 f"CelFlow {version('celflow')}, Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, "
-                f"PostgreSQL {bench.schemas.version()}, nats-server {broker}, nats-py {version('nats-py')}, "
+                f"PostgreSQL {pg_version}, nats-server {broker}, nats-py {version('nats-py')}, "
                 f"{os.cpu_count()} CPUs\nworkload: {len(events):,} events (seed {args.seed}), "
                 f"{bench.expected.distinct:,} distinct; encoded (prepare_batch) in {encoding:.1f} s = "
                 f"{len(events) / encoding:,.0f} events/s (the baselines' rows, not timed in them); "

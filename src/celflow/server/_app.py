@@ -211,7 +211,8 @@ class Api:
         wait = request.query_params.get("wait", "false").lower() in ("1", "true", "yes", "committed")
         body = await self.body(request)
 
-        kept: list[int] = []
+        # which events have rows: only the bus needs it (for their idempotency keys)
+        kept: list[int] | None = [] if isinstance(self.manager, BusForwarder) else None
 
         def parse() -> tuple[list[Any], Any, Any]:
             events = self.events_of(request, body)
@@ -228,7 +229,7 @@ class Api:
             )
         self.metrics.received.inc(len(rows))
         if isinstance(self.manager, BusForwarder):  # the bus carries idempotency keys, not hashes
-            keys = [events[i].get("idempotency_key") for i in kept]
+            keys = [events[i].get("idempotency_key") for i in kept or ()]
             if wait:  # 201 once JetStream acknowledged them; the store gives ids when a worker stores them
                 await self.manager.store_rows(rows, keys=keys)
                 return json_response({"accepted": len(rows), "ids": [], "published": True}, 201)

@@ -684,9 +684,10 @@ def doctor_postgres(url: str) -> tuple[PostgresCheckReport, list[str]]:
     elif report.status == "newer_schema":
         advice.append("A newer CelFlow wrote this schema: upgrade CelFlow (pip install -U celflow).")
     elif report.status == "counters":
+        target = report.path if report.path == url else "YOUR-URL-WITH-ITS-PASSWORD"  # the shown one has ***
         advice.append(
             "The per-minute counters disagree with the stored events. With the writers stopped, rebuild them "
-            f"(the events are kept): python -c 'import celflow; celflow.open_store(\"{report.path}\").rebuild_counts()'"
+            f"(the events are kept): python -c 'import celflow; celflow.open_store(\"{target}\").rebuild_counts()'"
         )
     elif not report.ok:
         advice.append(

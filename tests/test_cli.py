@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -192,12 +193,22 @@ def _commands(group: object, prefix: str = "") -> list[str]:
     return names
 
 
-def test_every_command_has_help_and_is_in_the_readme() -> None:
-    """Every command answers --help with text, and the README mentions it."""
-    readme = (ROOT / "README.md").read_text()
+def test_every_command_has_help_and_is_in_the_cli_docs() -> None:
+    """Every command answers --help with text, and docs/cli.md mentions it."""
+    cli_docs = (ROOT / "docs" / "cli.md").read_text()
     for name in _commands(cli):
         assert main([*name.split(), "--help"]) == 0, name
-        assert f"celflow {name}" in readme, f"README does not mention `celflow {name}`"
+        assert f"celflow {name}" in cli_docs, f"docs/cli.md does not mention `celflow {name}`"
+
+
+def test_readme_is_short_and_its_docs_links_resolve() -> None:
+    """README.md has at most 200 lines, and every docs/*.md page it links to exists."""
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 200
+    links = re.findall(r"\]\((docs/[^)#\s]+\.md)(?:#[^)\s]*)?\)", readme)
+    assert links, "README links no page of docs/"
+    missing = [link for link in links if not (ROOT / link).is_file()]
+    assert not missing, f"README links pages that do not exist: {missing}"
 
 
 def test_seed_python_snippet_runs_as_written(tmp_path: Path) -> None:

@@ -17,8 +17,9 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from _util import DistinctCounter, MemorySampler, database_bytes, rss_anon_mib
-from celflow import _schema, create_event_persistence
-from celflow._sqlite import _INSERT, MMAP_SIZE
+from celflow import create_event_persistence
+from celflow._sqlite import _schema
+from celflow._sqlite._store import _INSERT, MMAP_SIZE
 from workload import encode_rows, generate, iter_events
 
 BATCH = 1000  # events per call (and per baseline transaction)

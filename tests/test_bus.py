@@ -30,7 +30,9 @@ from celflow import (
     ValidationError,
 )
 from celflow._encoding import prepare_event
-from celflow.bus import BusError, BusPublisher, IngestWorker, _with_database, shown_url
+from celflow._location import mask_url as shown_url
+from celflow._worker import _with_database
+from celflow.bus import BusError, BusPublisher, IngestWorker
 from nats_server import NatsServer, Proc, bus_url, free_port, names, own_nats, procs, stream_events, wait_until
 from pg_server import pg_url
 

@@ -170,7 +170,7 @@ def test_vacuum_runs_while_the_events_stay(filled: str) -> None:
         assert db.store.delete_before(TIMES[10]) == 39  # the newest 11 stay; the older day is dropped
     result = run_cli("db", "vacuum", "--db", filled)
     assert result.returncode == 0, result.stderr
-    assert "vacuumed (VACUUM ANALYZE):" in result.stdout and "MB ->" in result.stdout
+    assert "vacuumed:" in result.stdout and "MB ->" in result.stdout
     report = json.loads(run_cli("db", "check", "--full", "--json", "--db", filled).stdout)
     assert report["ok"] and report["total_events"] == report["rows_counted"] == 11
 
@@ -234,7 +234,7 @@ def test_config_database_url_is_used_without_db(filled: str, tmp_path: Path) -> 
     doctor = run_cli("--config", config, "db", "doctor", cwd=tmp_path)
     assert f"{filled}: healthy" in doctor.stdout, doctor.stdout
     vacuum = run_cli("--config", config, "db", "vacuum", cwd=tmp_path)
-    assert vacuum.returncode == 0 and "VACUUM ANALYZE" in vacuum.stdout, vacuum.stderr
+    assert vacuum.returncode == 0 and "vacuumed:" in vacuum.stdout, vacuum.stderr
     backup = run_cli("--config", config, "db", "backup", "copy.db", cwd=tmp_path)
     assert backup.returncode == 1 and "pg_dump" in backup.stderr
     stats = run_cli("--config", config, "events", "stats", "--json", cwd=tmp_path)

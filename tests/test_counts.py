@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from celflow import EventDatabase
 from celflow._encoding import prepare_batch
-from celflow._schema import _V1, APPLICATION_ID
+from celflow._sqlite._schema import _V1, APPLICATION_ID
 
 BASE = 1_700_000_000.0 - 1_700_000_000.0 % 60  # a minute boundary
 

@@ -116,7 +116,7 @@ def test_snapshot_figures_on_postgresql(pg_url: str) -> None:
     """The same figures from the same events stored in PostgreSQL; the title shows the URL as written."""
     store_known_dataset(pg_url)
     source = DashboardSource(pg_url, clock=lambda: NOW)
-    assert source.path == pg_url and source.postgres and source.data_dir is None
+    assert source.path == pg_url and not source.is_file and source.data_dir is None
     snap = source.snapshot("hour")
     assert snap.sizes["database_size_mb"] > 0 and snap.sizes["wal_size_mb"] == 0
     check_known_figures(source)

@@ -16,7 +16,9 @@ from psycopg import sql
 
 from celflow import EventQuery, EventStore
 from celflow._encoding import data_text, decode_data, encode_data, prepare_batch
-from celflow._postgres import _SCHEMA, PostgresStore, _split_schema
+from celflow._location import split_schema as _split_schema
+from celflow._postgres import PostgresStore
+from celflow._postgres._store import _SCHEMA
 from pg_server import pg_url
 from store_contract import T0, StoreContract, rows
 
@@ -326,7 +328,7 @@ def test_without_pg_trgm_search_works_and_one_warning_says_why(
     pg_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """An extension that cannot be created leaves the store without indexes, searching every row; one warning."""
-    monkeypatch.setattr("celflow._postgres._TRGM", "celflow_no_such_extension")
+    monkeypatch.setattr("celflow._postgres._store._TRGM", "celflow_no_such_extension")
     with caplog.at_level("WARNING", logger="celflow.postgres"):
         store = PostgresStore(pg_url)
     try:

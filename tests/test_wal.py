@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from celflow._wal import inspect_wal, rechain_wal
+from celflow._sqlite._wal import inspect_wal, rechain_wal
 
 PAGE = 4096
 FRAME = 24 + PAGE

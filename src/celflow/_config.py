@@ -17,6 +17,7 @@ import msgspec
 from msgspec import Meta
 
 from ._exceptions import ConfigError
+from ._location import Location, check_bus_url, parse_location
 
 __all__ = [
     "BusConfig",
@@ -63,6 +64,27 @@ class PersistenceConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     max_event_bytes: Annotated[int, Meta(ge=1024)] = 16 * 1024 * 1024
     #: Seconds between system_stats snapshots; 0 switches them off.
     stats_interval: Annotated[float, Meta(ge=0)] = 60.0
+
+    def __post_init__(self) -> None:
+        path = parse_location(self.database_path)
+        if not path.is_sqlite:
+            raise ConfigError(
+                f"database_path {path.shown!r} is a server URL: put it in database_url; database_path is a file"
+            )
+        self.database_path = path.target  # sqlite:///x is the file x
+        if self.database_url:
+            parse_location(self.database_url)
+
+    @property
+    def location(self) -> Location:
+        """Where events go: ``database_url`` when set, else the file at ``database_path``."""
+        return parse_location(self.database_url or self.database_path)
+
+    @property
+    def data_dir(self) -> str:
+        """The data folder (token, log, service.json): the database file's, else ``database_path``'s."""
+        location = self.location
+        return os.path.dirname(os.path.abspath(location.path if location.is_sqlite else self.database_path))
 
 
 def _default_watch_paths() -> list[str]:
@@ -193,9 +215,7 @@ class BusConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     ack_timeout: PositiveFloat = 5.0
 
     def __post_init__(self) -> None:
-        from .bus import check_url  # the bus module owns its URL rules
-
-        check_url(self.url)
+        check_bus_url(self.url)
         for key in ("stream", "durable"):  # JetStream's rules for stream and consumer names
             name = getattr(self, key)
             if not name or re.search(r"[\s.*>/\\]", name):

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from ._config import PrivacyConfig
 from ._encoding import MAX_SEARCH_LENGTH, EncodingOptions, _check_text, parse_timestamp, prepare_batch, prepare_event
 from ._exceptions import ValidationError
+from ._location import Location, parse_location
 from ._privacy import PrivacyRules
 from ._storage import EventStore, open_store
 from ._types import EventPage, EventQuery, Pattern, StoredEvent, SystemStats
@@ -80,7 +81,7 @@ class EventDatabase:
 
     def __init__(
         self,
-        db_path: str | os.PathLike[str] = "data/events.db",
+        db_path: str | os.PathLike[str] | Location = "data/events.db",
         *,
         readonly: bool = False,
         durability: Literal["normal", "full"] = "normal",
@@ -88,9 +89,18 @@ class EventDatabase:
         max_event_bytes: int = 16 * 1024 * 1024,
         privacy: PrivacyConfig | PrivacyRules | None = None,
     ) -> None:
-        self.db_path = os.fspath(db_path)
+        self.location = parse_location(db_path)
+        #: The file's path, or the URL with its password masked.
+        self.db_path = self.location.shown
         self.options = EncodingOptions(compression_threshold, max_event_bytes, privacy=PrivacyRules.compile(privacy))
-        self.store: EventStore = open_store(self.db_path, readonly=readonly, durability=durability)
+        self.store: EventStore = open_store(self.location, readonly=readonly, durability=durability)
+
+    @classmethod
+    def over(cls, store: EventStore, location: Location, options: EncodingOptions) -> EventDatabase:
+        """The seed's API over a store already open (the manager's, which it opened with its start check)."""
+        database = cls.__new__(cls)
+        database.location, database.db_path, database.options, database.store = location, location.shown, options, store
+        return database
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -170,6 +180,26 @@ class EventDatabase:
                 left -= len(events)
             if cursor is None:
                 return
+
+    def follow(self, *, after: int | None = None, poll: float = 0.5, **filters: Any) -> Iterator[StoredEvent]:
+        """Every matching event committed after the id ``after`` (default: the newest now), without end.
+
+        Read in commit (id) order a page at a time, so none is missed or repeated; when caught up,
+        it looks again every ``poll`` seconds. Takes the filters of :meth:`get_events`.
+        """
+        query = make_query(limit=1000, **filters)
+        last = self.store.last_id() if after is None else after
+        while True:
+            page = self.store.select_after(last, query)
+            yield from page
+            if page:
+                last = page[-1].id
+            else:
+                time.sleep(poll)
+
+    def last_id(self) -> int:
+        """The newest event's id (0 for none): :meth:`follow` from it misses nothing committed later."""
+        return self.store.last_id()
 
     def count_events(self, **filters: Any) -> int:
         """How many events match the filters of :meth:`get_events`."""

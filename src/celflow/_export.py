@@ -24,6 +24,7 @@ import orjson
 from ._database import EventDatabase
 from ._encoding import encode_data, prepare_each
 from ._exceptions import ExportError, ValidationError
+from ._files import writable_target
 from ._types import StoredEvent
 
 __all__ = [
@@ -53,25 +54,6 @@ def _dumps(value: Any) -> bytes:
         return orjson.dumps(value)
     except TypeError:
         return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
-
-
-def writable_target(target: Path, *, force: bool, source: str | os.PathLike[str] | None = None) -> Path:
-    """The folder ``target`` goes in, once it is clear that writing it is allowed.
-
-    Never a live database: not the ``source`` being read, nor any file with a WAL beside it.
-    """
-    if target.exists() and source is not None and os.path.exists(source) and os.path.samefile(target, source):
-        raise ExportError(f"{target} is the database being read; give another file name")
-    if Path(f"{target}-wal").exists():
-        raise ExportError(f"{target} is a database in use (it has a WAL); give another file name")
-    if target.exists() and not force:
-        raise ExportError(f"{target} already exists; pass --force to overwrite it")
-    if target.is_dir():
-        raise ExportError(f"{target} is a folder; give a file name")
-    folder = target.parent if str(target.parent) else Path(".")
-    if not folder.is_dir():
-        raise ExportError(f"folder {folder} does not exist")
-    return folder
 
 
 @contextlib.contextmanager

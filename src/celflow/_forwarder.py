@@ -23,9 +23,10 @@ from ._config import Config
 from ._database import EventDatabase
 from ._encoding import Row, prepare_each
 from ._exceptions import CelflowError, ManagerStateError, QueueFullError
+from ._location import mask_url
 from ._storage import EventStore
 from ._types import EventQuery
-from .bus import BusPublisher, BusState, shown_url
+from .bus import BusPublisher, BusState
 
 __all__ = ["BusForwarder"]
 
@@ -70,7 +71,7 @@ class BusForwarder:
         await self.publisher.start()
         log.info(
             "publishing to %s (stream %s, subject %s) instead of storing locally",
-            shown_url(self.publisher.url),
+            mask_url(self.publisher.url),
             self.publisher.stream,
             self.publisher.subject,
         )
@@ -98,7 +99,7 @@ class BusForwarder:
             self._read_error = str(exc)
             return
         self._read_error = None
-        log.info("reads come from %s", shown_url(self.read_url))
+        log.info("reads come from %s", mask_url(self.read_url))
 
     async def _refresh_loop(self) -> None:
         while True:
@@ -125,7 +126,7 @@ class BusForwarder:
             return self._reads
         if not self.read_url:
             raise ManagerStateError(
-                f"this CelFlow service publishes its events to {shown_url(self.publisher.url)} and stores "
+                f"this CelFlow service publishes its events to {mask_url(self.publisher.url)} and stores "
                 "none: read them where the ingest workers store them (set persistence.database_url here "
                 "to that database to read it through this service)"
             )
@@ -196,9 +197,9 @@ class BusForwarder:
             "avg_events_per_second": round(bus["published"] / uptime, 1) if uptime > 0 else 0.0,
             "uptime_seconds": round(uptime, 3),
             "privacy_dropped": self.options.privacy.dropped if self.options.privacy is not None else 0,
-            "bus": {"url": shown_url(self.publisher.url), "stream": self.publisher.stream, **bus},
+            "bus": {"url": mask_url(self.publisher.url), "stream": self.publisher.stream, **bus},
             "database_stats": {
-                "database_path": shown_url(self.read_url) if self.read_url else None,
+                "database_path": mask_url(self.read_url) if self.read_url else None,
                 "wal_size_mb": 0.0,
                 **self._totals,
             },

@@ -7,20 +7,18 @@ import contextlib
 import enum
 import functools
 import logging
-import os
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
-from ._care import preflight
 from ._config import Config, PersistenceConfig, parse_config
 from ._database import EventDatabase
 from ._encoding import EncodingOptions, Row, prepare_batch, prepare_event
 from ._exceptions import ManagerStateError, QueueFullError
-from ._lock import WriterLock
+from ._location import Location
 from ._privacy import PrivacyRules
-from ._storage import is_postgres_url
+from ._storage import open_store
 from ._types import EventQuery
 from ._writer import BatchWriter, Overflow
 
@@ -67,9 +65,9 @@ class EventPersistenceManager:
         self._last_cleanup: float | None = None
 
     @property
-    def location(self) -> str:
+    def location(self) -> Location:
         """Where events go: ``database_url`` when set, else the file at ``database_path``."""
-        return self.settings.database_url or self.settings.database_path
+        return self.settings.location
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -79,33 +77,14 @@ class EventPersistenceManager:
             raise ManagerStateError(f"the manager is {self.state.value}; a manager starts only once")
         settings = self.settings
         location = self.location
-        # Check a file before opening it for writing: a read-write connection may checkpoint the
-        # WAL into a damaged file when it closes. The lock keeps another writer out meanwhile.
-        file = not is_postgres_url(location)
-        lock = WriterLock(location)
-        if file and os.path.exists(location):
-            lock.acquire()
+        # The start check (SQLite: the WAL chain and an integrity check) refuses a damaged file
+        # before anything writes to it.
+        store = await asyncio.to_thread(open_store, location, durability=settings.durability, check=True)
+        database = EventDatabase.over(store, location, self.options)  # the same rules, so their counter is one
         try:
-            if file:
-                await asyncio.to_thread(preflight, location, durability=settings.durability)
-            database = await asyncio.to_thread(
-                EventDatabase,
-                location,
-                durability=settings.durability,
-                compression_threshold=settings.compression_threshold,
-                max_event_bytes=settings.max_event_bytes,
-                privacy=self.options.privacy,  # the same rules, so their counter is one
-            )
+            self._events_at_start = await asyncio.to_thread(store.count_events, EventQuery(limit=None))
         except BaseException:
-            lock.release()
-            raise
-        try:
-            database.store.acquire_writer()
-            lock.release()  # the store holds it now
-            self._events_at_start = await asyncio.to_thread(database.store.count_events, EventQuery(limit=None))
-        except BaseException:
-            lock.release()
-            database.close()
+            store.close()
             raise
         self.database = database
         self._writer = BatchWriter(
@@ -239,7 +218,7 @@ class EventPersistenceManager:
     def get_stats(self) -> dict[str, Any]:
         """Counters of this run and the database's size (cheap: no table scan)."""
         writer = self._writer
-        path = self.database.store.path if self.database is not None else self.location
+        path = self.database.store.path if self.database is not None else self.location.shown
         running = self.database is not None and self.state is ManagerState.RUNNING
         sizes = self.database.store.sizes() if running and self.database is not None else {}
         uptime = time.time() - self._started_at if self._started_at else 0.0

@@ -22,8 +22,8 @@ from urllib.parse import urlsplit
 
 from ._encoding import Row, _zstd_compressor, encode_data, prepare_event
 from ._exceptions import PersistenceError, ValidationError
-from ._postgres import _shown, _split_schema, is_postgres_url
-from ._storage import EventStore, open_store, sqlite_path
+from ._location import Location, parse_location
+from ._storage import EventStore, open_store
 from ._types import EventQuery, Pattern, StoredEvent, SystemStats
 
 __all__ = ["MigrationReport", "migrate_history"]
@@ -83,10 +83,10 @@ def migrate_history(
     """
     if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH:
         raise ValidationError(f"batch must be a whole number from 1 to {MAX_BATCH:,}, got {batch!r}", field="batch")
-    src_location, dst_location = os.fspath(source), os.fspath(target)
+    src_location, dst_location = parse_location(source), parse_location(target)
     if _same_database(src_location, dst_location):
         raise ValidationError(
-            f"the source and the target are the same database ({_shown(dst_location)}); give another target",
+            f"the source and the target are the same database ({dst_location.shown}); give another target",
             field="target",
         )
     started = time.perf_counter()
@@ -108,22 +108,22 @@ def migrate_history(
     return report
 
 
-def _same_database(a: str, b: str) -> bool:
+def _same_database(a: Location, b: Location) -> bool:
     """Whether two locations name the same database (a best effort: the same file, or server, port, database
     and schema)."""
-    if is_postgres_url(a) != is_postgres_url(b):
+    if a.backend != b.backend:
         return False
-    if not is_postgres_url(a):
-        pa, pb = sqlite_path(a), sqlite_path(b)
+    if a.is_sqlite:
+        pa, pb = a.path, b.path
         if os.path.exists(pa) and os.path.exists(pb):
             return os.path.samefile(pa, pb)
         return os.path.realpath(pa) == os.path.realpath(pb)
     return _pg_identity(a) == _pg_identity(b)
 
 
-def _pg_identity(url: str) -> tuple[str, int, str, str]:
-    rest, schema = _split_schema(url)
-    parts = urlsplit(rest)
+def _pg_identity(location: Location) -> tuple[str, int, str, str]:
+    schema = location.schema
+    parts = urlsplit(location.target)
     host = (parts.hostname or "localhost").lower()
     try:
         port = parts.port or 5432

@@ -77,7 +77,7 @@ async def serve(config: Config, stop: asyncio.Event | None = None, *, status_int
         # Outside the main thread there are no signal handlers: the caller sets `stop`.
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    data_dir = os.path.dirname(os.path.abspath(config.persistence.database_path))
+    data_dir = config.persistence.data_dir
     sock = bind(config.http.host, config.http.port) if config.http.enabled else None  # a busy port fails first
     manager: EventPersistenceManager | BusForwarder
     manager = BusForwarder(config) if config.bus.publish else EventPersistenceManager(config)
@@ -181,5 +181,5 @@ def remove_service_file(data_dir: str) -> None:
 
 def run_service(config: Config) -> None:
     """``celflow run``: set up logging and serve until a signal; returns after a clean stop."""
-    setup_logging(config.logging, os.path.dirname(os.path.abspath(config.persistence.database_path)))
+    setup_logging(config.logging, config.persistence.data_dir)
     asyncio.run(serve(config))

@@ -1,73 +1,78 @@
-"""The storage contract: what every backend (SQLite today) provides to the layers above.
+"""The storage contract: what every backend provides to the layers above, and the factory that finds it.
 
-Nothing above this line of code writes SQL. A backend module implements :class:`EventStore`
-and the contract tests in ``tests/test_store_contract.py`` run against each one.
+Nothing above this module writes SQL or knows a backend. The contract is split by role, as
+eventsourcing layers its recorders: a store that records events, reads them, counts them, looks
+after itself, and keeps patterns and system stats. :class:`EventStore` is all of them; the
+contract tests in ``tests/store_contract.py`` run against each backend.
+
+A backend is a package (``celflow._sqlite``, ``celflow._postgres``) with the functions of
+:class:`Backend`; :func:`backend_for` imports it by name when a location first needs it, so this
+module never imports one (and ``import celflow`` loads no database driver it does not use).
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 from collections.abc import Sequence
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 from ._encoding import Row
+from ._location import Backend as BackendName
+from ._location import Location, parse_location
 from ._types import EventQuery, InsertResult, Pattern, StoredEvent, SystemStats
 
-__all__ = ["EventStore", "counter_for", "is_postgres_url", "open_store"]
+__all__ = [
+    "Backend",
+    "Durability",
+    "EventCounter",
+    "EventReader",
+    "EventRecorder",
+    "EventStore",
+    "HealthReport",
+    "PatternRecorder",
+    "StoreCare",
+    "SystemStatsRecorder",
+    "backend_for",
+    "open_store",
+]
 
-#: The columns the per-minute counters (``event_counts``) count by, in every backend.
-COUNTED_COLUMNS = ("event_type", "source")
-
-
-def counter_for(query: EventQuery, group: str | None) -> tuple[str, str | None] | None:
-    """``(kind, name)`` when the per-minute counters can answer ``query`` (grouped by ``group``); else None."""
-    if query.search is not None or query.action is not None:
-        return None
-    if query.event_type is not None and query.source is not None:
-        return None
-    if query.event_type is not None:
-        kind, name = "event_type", query.event_type
-    elif query.source is not None:
-        kind, name = "source", query.source
-    else:
-        kind, name = (group or "event_type"), None
-    if kind not in COUNTED_COLUMNS or (group is not None and group != kind):
-        return None
-    return kind, name
+Durability = Literal["normal", "full"]
 
 
-def is_postgres_url(location: str) -> bool:
-    """Whether ``location`` names a PostgreSQL database (``postgresql://`` or ``postgres://``)."""
-    return location.startswith(("postgresql://", "postgres://"))
+class EventRecorder(Protocol):
+    """Appends batches of prepared events."""
 
-
-class EventStore(Protocol):
-    """A place to keep events, patterns and system stats."""
-
+    #: What messages show: the file's path, or the URL with its password masked.
     path: str
     readonly: bool
-
-    def acquire_writer(self) -> None:
-        """Become this database's writer, or raise ``WriterBusyError``."""
 
     def insert_events(self, rows: Sequence[Row], *, want_ids: bool = True) -> InsertResult:
         """Append a batch atomically; duplicates are ignored and counted."""
 
+    def close(self) -> None:
+        """Release every resource; later use raises :class:`~celflow.DatabaseClosedError`."""
+
+
+class EventReader(Protocol):
+    """Reads events: pages in time order, and everything after an id (live streams)."""
+
     def select_events(self, query: EventQuery) -> tuple[list[StoredEvent], str | None]:
         """A page of events and the cursor of the next one."""
-
-    def time_limit(self, seconds: float | None) -> contextlib.AbstractContextManager[None]:
-        """Within it, this thread's reads stop with :class:`QueryTimeoutError` after ``seconds``."""
 
     def select_after(self, after_id: int, query: EventQuery, *, until_id: int | None = None) -> list[StoredEvent]:
         """Events with ``after_id < id <= until_id`` matching ``query``, in id (commit) order, up to its limit."""
 
-    def quick_check(self) -> list[str]:
-        """Problems a quick structural check of the stored data finds (empty: none)."""
-
     def last_id(self) -> int:
         """The highest id ever given to an event (0 for none); ids are never reused."""
+
+    def time_limit(self, seconds: float | None) -> contextlib.AbstractContextManager[None]:
+        """Within it, this thread's reads stop with :class:`~celflow.QueryTimeoutError` after ``seconds``."""
+
+
+class EventCounter(Protocol):
+    """Counts, answered from the per-minute counters where they can."""
 
     def count_events(self, query: EventQuery) -> int:
         """How many events match."""
@@ -78,6 +83,13 @@ class EventStore(Protocol):
     def histogram(self, bucket: float, query: EventQuery) -> list[tuple[float, int]]:
         """Counts per time bucket, oldest first."""
 
+    def rebuild_counts(self) -> None:
+        """Recount the per-minute counters from the events."""
+
+
+class StoreCare(Protocol):
+    """Retention and upkeep while the store is in use, and its figures."""
+
     def delete_before(self, cutoff: float, *, limit: int | None = None) -> int:
         """Delete events older than ``cutoff``."""
 
@@ -87,19 +99,23 @@ class EventStore(Protocol):
     def optimize(self) -> None:
         """Refresh statistics and tidy derived data; cheap at any size."""
 
+    def quick_check(self) -> list[str]:
+        """Problems a quick structural check of the stored data finds (empty: none)."""
+
     def stats(self) -> dict[str, Any]:
-        """Counts and sizes."""
+        """Counts and sizes (the seed's ``get_database_stats``)."""
 
     def sizes(self) -> dict[str, float]:
-        """Size on disk in MB (``database_size_mb``, ...), without a query."""
+        """Size on disk in MB (``database_size_mb``, ``file_size_mb``, ``wal_size_mb``)."""
+
+
+class PatternRecorder(Protocol):
+    """The seed's ``patterns`` table."""
 
     def insert_pattern(
         self, pattern_type: str, confidence: float, pattern_data: Any, *, event_id: int | None, embryo_id: str | None
     ) -> int:
         """Store a pattern."""
-
-    def pattern_summary(self) -> list[tuple[str, int, float]]:
-        """``(pattern_type, count, average confidence)`` per type, most frequent first."""
 
     def select_patterns(
         self,
@@ -112,6 +128,13 @@ class EventStore(Protocol):
     ) -> list[Pattern]:
         """Patterns, newest first."""
 
+    def pattern_summary(self) -> list[tuple[str, int, float]]:
+        """``(pattern_type, count, average confidence)`` per type, most frequent first."""
+
+
+class SystemStatsRecorder(Protocol):
+    """The seed's ``system_stats`` table."""
+
     def insert_system_stats(self, values: dict[str, Any]) -> int:
         """Record a system stats snapshot."""
 
@@ -120,27 +143,79 @@ class EventStore(Protocol):
     ) -> list[SystemStats]:
         """System stats snapshots, newest first."""
 
-    def rebuild_counts(self) -> None:
-        """Recount the per-minute counters from the events."""
 
-    def close(self) -> None:
-        """Release every resource."""
+class EventStore(EventRecorder, EventReader, EventCounter, StoreCare, PatternRecorder, SystemStatsRecorder, Protocol):
+    """A place to keep events, patterns and system stats: every role at once."""
 
 
-def sqlite_path(location: str) -> str:
-    """The file a SQLite location names: ``sqlite:///path`` is ``path``; a plain path is itself."""
-    return location.removeprefix("sqlite:///")
+class HealthReport(Protocol):
+    """What a backend's ``check`` found (each backend has its own fields; these are common)."""
+
+    path: str
+    ok: bool
+    mode: str
+    problems: list[str]
+    seconds: float
+
+    @property
+    def opened(self) -> bool:
+        """Whether the database could be reached at all (if not, ``problems[0]`` says why)."""
+
+    @property
+    def condition(self) -> str:
+        """``healthy``, or in a word or two what is wrong (``damaged``, ``unreachable``...)."""
+
+    def details(self) -> list[str]:
+        """Lines for a person: sizes, versions, the time span (no markup)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """As a plain dict (``--json``)."""
+
+
+class Backend(Protocol):
+    """What a backend package provides: its store, and the care of a database that is not open."""
+
+    def open_store(self, location: Location, *, readonly: bool, durability: Durability, check: bool) -> EventStore:
+        """Open (or, unless ``readonly``, create) the database; ``check`` runs the start-up check first."""
+
+    def check(self, location: Location, *, full: bool) -> HealthReport:
+        """Check the database without changing it."""
+
+    def doctor(self, location: Location) -> tuple[HealthReport, list[str]]:
+        """A full check, and what to do about what it found."""
+
+    def vacuum(self, location: Location) -> tuple[float, float]:
+        """Give free space back; return the size in MB before and after."""
+
+    def backup(self, location: Location, destination: str | os.PathLike[str], *, force: bool) -> int:
+        """A consistent private copy at ``destination``; return its size in bytes."""
+
+    def recover(self, location: Location) -> Any:
+        """Save what can be read from a damaged database into a new one; return a report."""
+
+
+#: The package of each backend, imported when a location first needs it.
+_BACKENDS: dict[BackendName, str] = {"sqlite": "._sqlite", "postgresql": "._postgres"}
+
+
+def backend_for(location: str | os.PathLike[str] | Location) -> Backend:
+    """The backend package of a location (imported now, by name)."""
+    name = parse_location(location).backend
+    return cast(Backend, importlib.import_module(_BACKENDS[name], __package__))
 
 
 def open_store(
-    location: str | os.PathLike[str], *, readonly: bool = False, durability: Literal["normal", "full"] = "normal"
+    location: str | os.PathLike[str] | Location,
+    *,
+    readonly: bool = False,
+    durability: Durability = "normal",
+    check: bool = False,
 ) -> EventStore:
-    """Open the backend a location names: a path or ``sqlite:///path`` is SQLite, a
-    ``postgresql://`` (or ``postgres://``) URL is PostgreSQL."""
-    from ._postgres import PostgresStore
-    from ._sqlite import SQLiteStore
+    """Open the store a location names: a path or ``sqlite:///path`` is SQLite, a ``postgresql://``
+    (or ``postgres://``) URL is PostgreSQL; any other scheme is refused (:class:`~celflow.ConfigError`).
 
-    path = os.fspath(location)
-    if is_postgres_url(path):
-        return PostgresStore(path, readonly=readonly)
-    return SQLiteStore(sqlite_path(path), readonly=readonly, durability=durability)
+    ``check``: run the backend's start-up check first (SQLite: the WAL chain and an integrity
+    check, refusing a damaged file before anything writes to it).
+    """
+    where = parse_location(location)
+    return backend_for(where).open_store(where, readonly=readonly, durability=durability, check=check)

@@ -27,23 +27,20 @@ import enum
 import itertools
 import logging
 import os
-import signal
 import sys
-import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, cast
-from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 import orjson
 
 from ._config import Config, PrivacyConfig, parse_config
 from ._encoding import EncodingOptions, Row, prepare_batch, prepare_each
-from ._exceptions import BusError, ConfigError, QueueFullError, ValidationError, WriterBusyError
+from ._exceptions import BusError, ConfigError, QueueFullError, ValidationError
+from ._location import check_bus_url, mask_url
 from ._privacy import PrivacyRules
-from ._storage import is_postgres_url, sqlite_path
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NatsClient
@@ -61,7 +58,6 @@ __all__ = [
     "BusState",
     "IngestWorker",
     "WorkerStats",
-    "run_ingest_worker",
 ]
 
 log = logging.getLogger("celflow.bus")
@@ -94,24 +90,6 @@ def _nats() -> Any:
     except ImportError:  # pragma: no cover - the extra is not installed
         raise BusError("the NATS bus needs nats-py: pip install 'celflow[bus]'") from None
     return nats
-
-
-def shown_url(url: str) -> str:
-    """The URL with any password masked (and a NATS token: a user name alone), for messages and logs."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    userinfo, host = parts.netloc.rsplit("@", 1)
-    if ":" in userinfo:
-        userinfo = userinfo.split(":", 1)[0] + ":***"
-    elif parts.scheme in _BUS_SCHEMES:
-        userinfo = "***"
-    return urlunsplit(parts._replace(netloc=f"{userinfo}@{host}"))
-
-
-def check_url(url: str) -> None:
-    if urlsplit(url).scheme not in _BUS_SCHEMES:
-        raise ConfigError(f"bus URL {shown_url(url)!r} must start with nats://, tls://, ws:// or wss://")
 
 
 async def _unless(task: asyncio.Future[Any], event: asyncio.Event) -> bool:
@@ -231,7 +209,7 @@ class BusPublisher:
         name: str | None = None,
         privacy: PrivacyConfig | PrivacyRules | None = None,
     ) -> None:
-        check_url(url)
+        check_bus_url(url)
         if overflow not in ("block", "drop", "raise"):
             raise ConfigError(f"overflow must be 'block', 'drop' or 'raise', got {overflow!r}")
         for setting, value in (
@@ -337,7 +315,7 @@ class BusPublisher:
         else:
             log.warning(
                 "the bus %s is not reachable yet; buffering up to %d events until it is",
-                shown_url(self.url),
+                mask_url(self.url),
                 self.max_buffer,
             )
         self.state = BusState.RUNNING
@@ -365,7 +343,7 @@ class BusPublisher:
             log.error("the bus sender failed", exc_info=self._sender.exception())
         if self._held:
             self.lost += self._held
-            log.error("stopped with %d events not acknowledged by %s (they are lost)", self._held, shown_url(self.url))
+            log.error("stopped with %d events not acknowledged by %s (they are lost)", self._held, mask_url(self.url))
             self._buffer.clear()
             self._inflight = None
             self._held = self._held_bytes = 0
@@ -496,7 +474,7 @@ class BusPublisher:
             except TimeoutError:
                 waiting = target - self.published - self.lost
                 raise BusError(
-                    f"{waiting:,} events are not acknowledged by {shown_url(self.url)} after {timeout:g} s "
+                    f"{waiting:,} events are not acknowledged by {mask_url(self.url)} after {timeout:g} s "
                     f"(last error: {self.last_error or 'none'}); they stay buffered"
                 ) from None
         if self.published + self.lost < target:
@@ -561,7 +539,7 @@ class BusPublisher:
         waiting = f" for {waited:g} s" if waited is not None else ""
         return (
             f"the bus buffer is full ({held:,} of {setting} {limit:,} {unit} not yet acknowledged; {offered:,} more "
-            f"offered){waiting}: the broker {shown_url(self.url)} is away or slow; retry later or raise {setting}"
+            f"offered){waiting}: the broker {mask_url(self.url)} is away or slow; retry later or raise {setting}"
         )
 
     # -- the sender ----------------------------------------------------------------------------
@@ -580,7 +558,7 @@ class BusPublisher:
         async def on_reconnected() -> None:
             self._disconnected.clear()
             self._connected.set()
-            log.info("reconnected to the bus %s", shown_url(self.url))
+            log.info("reconnected to the bus %s", mask_url(self.url))
 
         nc: NatsClient = await nats.connect(
             self.url,
@@ -600,9 +578,9 @@ class BusPublisher:
         self.last_error = f"{type(exc).__name__}: {exc}".rstrip(": ")
         if not self._failing:
             self._failing = True
-            log.warning("the bus %s failed (%s); buffering and retrying", shown_url(self.url), self.last_error)
+            log.warning("the bus %s failed (%s); buffering and retrying", mask_url(self.url), self.last_error)
         else:
-            log.debug("the bus %s still fails: %s", shown_url(self.url), self.last_error)
+            log.debug("the bus %s still fails: %s", mask_url(self.url), self.last_error)
 
     def _take(self) -> _Message | None:
         """The next message: up to ``batch_size`` events from the head of the buffer, under max_payload."""
@@ -677,7 +655,7 @@ class BusPublisher:
             delay = 0.05
             if self._failing:
                 self._failing = False
-                log.info("the bus %s acknowledges again", shown_url(self.url))
+                log.info("the bus %s acknowledges again", mask_url(self.url))
             async with self._cond:
                 self._inflight = None
                 self._held -= message.events
@@ -755,7 +733,7 @@ class IngestWorker:
         duplicate_window: float = 120.0,
         on_status: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
-        check_url(url)
+        check_bus_url(url)
         for setting, value in (("batch", batch), ("ack_wait", ack_wait), ("fetch_timeout", fetch_timeout)):
             _positive(setting, value)
         self.manager = manager
@@ -815,8 +793,8 @@ class IngestWorker:
                 filter_subject=self.subject,
             )
             sub = await js.pull_subscribe(self.subject, durable=self.durable, stream=self.stream, config=config)
-            self._status("ready", bus=shown_url(self.url), stream=self.stream, durable=self.durable)
-            log.info("consuming %s/%s from %s", self.stream, self.durable, shown_url(self.url))
+            self._status("ready", bus=mask_url(self.url), stream=self.stream, durable=self.durable)
+            log.info("consuming %s/%s from %s", self.stream, self.durable, mask_url(self.url))
             while not self._stop.is_set():
                 try:
                     messages = await sub.fetch(self.batch, timeout=self.fetch_timeout)
@@ -841,13 +819,13 @@ class IngestWorker:
     async def _on_error(self, exc: Exception) -> None:
         if not self._failing:
             self._failing = True
-            log.warning("the bus %s failed (%s: %s); retrying", shown_url(self.url), type(exc).__name__, exc)
+            log.warning("the bus %s failed (%s: %s); retrying", mask_url(self.url), type(exc).__name__, exc)
         else:
-            log.debug("the bus %s still fails: %s: %s", shown_url(self.url), type(exc).__name__, exc)
+            log.debug("the bus %s still fails: %s: %s", mask_url(self.url), type(exc).__name__, exc)
 
     async def _on_reconnected(self) -> None:
         self._failing = False
-        log.info("reconnected to the bus %s", shown_url(self.url))
+        log.info("reconnected to the bus %s", mask_url(self.url))
 
     async def _handle(self, messages: list[Msg]) -> None:
         """Store the events of a fetched batch in one commit, then acknowledge each message."""
@@ -918,105 +896,3 @@ class IngestWorker:
         )
         with contextlib.suppress(Exception):
             await msg.term()
-
-
-def _with_database(config: Config, database: str | os.PathLike[str] | None) -> Config:
-    """``config`` storing into ``database`` (a path, ``sqlite:///path`` or a PostgreSQL URL)."""
-    if database is None:
-        return config
-    location = os.fspath(database)
-    settings = config.persistence
-    if is_postgres_url(location):
-        settings = msgspec.structs.replace(settings, database_url=location)
-    else:
-        settings = msgspec.structs.replace(settings, database_path=sqlite_path(location))
-    return msgspec.structs.replace(config, persistence=settings)
-
-
-async def _start_manager(
-    settings: Config, stop: asyncio.Event, on_status: Callable[[dict[str, Any]], None] | None
-) -> EventPersistenceManager | None:
-    """A started manager; while another process writes the (SQLite) database, wait as a standby.
-
-    ``None`` if ``stop`` was set first.
-    """
-    from ._manager import EventPersistenceManager
-
-    waiting = False
-    while not stop.is_set():
-        manager = EventPersistenceManager(settings)
-        try:
-            await manager.start()
-            return manager
-        except WriterBusyError as exc:
-            if not waiting:
-                waiting = True
-                log.info("standby: %s; taking over when it stops", exc)
-                if on_status is not None:
-                    on_status({"event": "standby", "reason": str(exc)})
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), 0.5)
-    return None
-
-
-def run_ingest_worker(
-    bus_url: str = DEFAULT_URL,
-    database: str | os.PathLike[str] | None = None,
-    *,
-    config: Mapping[str, Any] | Config | None = None,
-    stream: str = DEFAULT_STREAM,
-    subject: str = DEFAULT_SUBJECT,
-    durable: str = DEFAULT_DURABLE,
-    batch: int = 64,
-    ack_wait: float = 30.0,
-    fetch_timeout: float = 1.0,
-    on_status: Callable[[dict[str, Any]], None] | None = None,
-) -> WorkerStats:
-    """Consume ``stream`` into ``database`` until SIGINT/SIGTERM; return what was done.
-
-    ``database`` (a path, ``sqlite:///path`` or a ``postgresql://`` URL) replaces the config's.
-    SQLite has one writer per file: a second worker on the same file waits as a standby and takes
-    over when the first one stops or dies.
-    """
-    settings = _with_database(parse_config(config), database)
-    check_url(bus_url)
-
-    async def main() -> WorkerStats:
-        stop = asyncio.Event()
-        worker: IngestWorker | None = None
-
-        def on_signal() -> None:
-            stop.set()
-            if worker is not None:
-                worker.request_stop()
-
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
-                loop.add_signal_handler(sig, on_signal)
-        started = time.monotonic()
-        manager = await _start_manager(settings, stop, on_status)
-        if manager is None:
-            return WorkerStats()
-        try:
-            worker = IngestWorker(
-                manager,
-                bus_url,
-                stream=stream,
-                subject=subject,
-                durable=durable,
-                batch=batch,
-                ack_wait=ack_wait,
-                fetch_timeout=fetch_timeout,
-                on_status=on_status,
-            )
-            if stop.is_set():
-                worker.request_stop()
-            stats = await worker.run()
-        finally:
-            await manager.stop()
-        if on_status is not None:
-            on_status({"event": "stopped", "seconds": round(time.monotonic() - started, 3), **stats.to_dict()})
-        return stats
-
-    return asyncio.run(main())

@@ -24,7 +24,7 @@ import pytest
 
 from _reliability import Record, trials
 from celflow import CorruptDatabaseError, NotACelflowDatabaseError, create_event_persistence, decode_data
-from celflow._wal import WalReport, inspect_wal
+from celflow._sqlite._wal import WalReport, inspect_wal
 from test_durability import Procs
 from test_durability import _acked as acked
 from test_durability import _wait_for_acks as wait_for_acks

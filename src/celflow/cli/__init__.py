@@ -17,7 +17,7 @@ from rich.console import Console
 from .. import __version__
 from .._config import Config, load_config
 from .._exceptions import CelflowError
-from .._storage import is_postgres_url, sqlite_path
+from .._location import Location, parse_location
 
 __all__ = ["State", "cli", "data_folder", "database_location", "db_option", "main", "when"]
 
@@ -35,19 +35,18 @@ class State:
         return load_config(self.config_path, overrides={k: v for k, v in (overrides or {}).items() if v is not None})
 
 
-def database_location(state: State, db: str | None) -> str:
-    """``--db``, else ``persistence.database_url``, else ``persistence.database_path``."""
+def database_location(state: State, db: str | None) -> Location:
+    """``--db``, else ``persistence.database_url``, else ``persistence.database_path``, parsed once."""
     if db is not None:
-        return db
-    settings = state.load()[0].persistence
-    return settings.database_url or settings.database_path
+        return parse_location(db)
+    return state.load()[0].persistence.location
 
 
-def data_folder(state: State, location: str) -> Path:
+def data_folder(state: State, location: Location) -> Path:
     """The data folder (token, log, service.json): the database file's, or database_path's for a URL."""
-    if is_postgres_url(location):
-        return Path(state.load()[0].persistence.database_path).parent
-    return Path(sqlite_path(location)).parent
+    if location.is_sqlite:
+        return Path(location.path).parent
+    return Path(state.load()[0].persistence.data_dir)
 
 
 def when(ts: float | None) -> str:

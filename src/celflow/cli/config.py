@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .._config import config_items
-from ..bus import shown_url
+from .._location import mask_url
 from . import State
 
 __all__ = ["config"]
@@ -33,7 +33,7 @@ def show(state: State, as_json: bool) -> None:
     # plain values: the privacy section's drop rules are structs
     items = [(name, msgspec.to_builtins(value), source) for name, value, source in config_items(settings, origin)]
     # a password in a URL is not shown (the file or variable holding it is named in "from")
-    items = [(name, shown_url(v) if name in _URLS and v else v, source) for name, v, source in items]
+    items = [(name, mask_url(v) if name in _URLS and v else v, source) for name, v, source in items]
     if as_json:
         payload = {name: {"value": value, "origin": source} for name, value, source in items}
         sys.stdout.buffer.write(orjson.dumps(payload, option=orjson.OPT_INDENT_2) + b"\n")

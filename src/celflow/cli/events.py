@@ -16,9 +16,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .._database import EventDatabase, make_query
+from .._database import EventDatabase
 from .._exceptions import ServiceError
 from .._export import EXPORT_FORMATS, IMPORT_FORMATS, export_events, import_events
+from .._location import Location
 from .._types import StoredEvent
 from . import State, data_folder, database_location, db_option, when
 
@@ -413,21 +414,12 @@ def _tail_service(client: Client, count: int, follow: bool, filters: dict[str, A
             click.echo(_line(event, as_json))
 
 
-def _tail_database(path: str, count: int, follow: bool, filters: dict[str, Any], as_json: bool) -> None:
-    with EventDatabase(path, readonly=True) as database:
-        start = database.store.last_id()  # before the newest events: nothing committed later is missed
+def _tail_database(location: Location, count: int, follow: bool, filters: dict[str, Any], as_json: bool) -> None:
+    with EventDatabase(location, readonly=True) as database:
+        start = database.last_id()  # before the newest events: nothing committed later is missed
         recent = database.query(limit=count, **filters).events if count else []
         for event in reversed(recent):
             click.echo(_line(event.to_dict(), as_json))
-        if not follow:
-            return
-        after = max([start, *(e.id for e in recent)])
-        query = make_query(limit=1000, **filters)
-        while True:
-            page = database.store.select_after(after, query)
-            for event in page:
+        if follow:
+            for event in database.follow(after=max([start, *(e.id for e in recent)]), **filters):
                 click.echo(_line(event.to_dict(), as_json))
-            if page:
-                after = page[-1].id
-            else:
-                time.sleep(0.5)

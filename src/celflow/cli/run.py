@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 
 from .._exceptions import ConfigError
+from .._location import parse_location
 from .._service import run_service
-from .._storage import is_postgres_url
 from . import State
 
 __all__ = ["run"]
@@ -50,10 +50,12 @@ def run(
     buffered in memory while the broker is away; reads then come from persistence.database_url
     if it is set.
     """
+    where = parse_location(db) if db is not None else None
     settings, _ = state.load(
         {
-            "persistence.database_path": db if db is not None and not is_postgres_url(db) else None,
-            "persistence.database_url": db if db is not None and is_postgres_url(db) else None,
+            # a file given here replaces a configured database_url too
+            "persistence.database_path": where.path if where is not None and where.is_sqlite else None,
+            "persistence.database_url": None if where is None else "" if where.is_sqlite else where.url,
             "capture.filesystem": filesystem,
             "capture.processes": processes,
             "capture.paths": [str(p) for p in paths] if paths else None,

@@ -10,7 +10,8 @@ import click
 import orjson
 from rich.console import Console
 
-from . import State
+from .._location import Location
+from . import State, database_location
 
 __all__ = ["ingest_worker"]
 
@@ -26,8 +27,7 @@ def _setup_logging(level: str) -> None:
         root.addHandler(handler)
 
 
-def _print_status(as_json: bool, database: str) -> Any:
-    from ..bus import shown_url
+def _print_status(as_json: bool, database: Location) -> Any:
 
     def show(status: dict[str, Any]) -> None:
         if as_json:
@@ -39,7 +39,7 @@ def _print_status(as_json: bool, database: str) -> Any:
             console.print(f"standby: {status['reason']}", soft_wrap=True)
         elif event == "ready":
             console.print(
-                f"consuming {status['stream']}/{status['durable']} from {status['bus']} into {shown_url(database)} "
+                f"consuming {status['stream']}/{status['durable']} from {status['bus']} into {database.shown} "
                 "(Ctrl-C or SIGTERM stops)",
                 soft_wrap=True,
             )
@@ -97,11 +97,11 @@ def ingest_worker(
     event once. Several workers may run on any machines; on SQLite only one writes at a time
     (the others wait as standbys).
     """
-    from ..bus import run_ingest_worker
+    from .._worker import run_ingest_worker
 
     settings, _ = state.load()
     bus = settings.bus
-    database = db if db is not None else settings.persistence.database_url or settings.persistence.database_path
+    database = database_location(state, db)
     _setup_logging(settings.logging.level)
     run_ingest_worker(
         bus_url or bus.url,

@@ -17,6 +17,7 @@ from textual.containers import Grid, Horizontal, Vertical
 from textual.widgets import DataTable, Footer, Header, Input, Sparkline, Static
 
 from .._exceptions import CelflowError, DatabaseClosedError
+from .._location import Location
 from .._types import StoredEvent
 from ._data import RATE_MINUTES, WINDOWS, DashboardSource, Filters, Snapshot
 
@@ -174,7 +175,7 @@ class DashboardApp(App[None]):
             table.add_row(f"last {snap.window}", f"{snap.in_window:,}")
         table.add_row("duplicates (this run)", f"{service['duplicates']:,}" if service else "-")
         table.add_row("dropped (this run)", f"{service['dropped']:,}" if service else "-")
-        if self.source.postgres:  # the server's WAL is its own: only the tables' size is CelFlow's
+        if not self.source.is_file:  # the server's WAL is its own: only the tables' size is CelFlow's
             table.add_row("database (PostgreSQL)", _mb(snap.sizes.get("database_size_mb", 0.0)))
         else:
             table.add_row("database", _mb(snap.sizes.get("file_size_mb", 0.0)))
@@ -193,7 +194,7 @@ class DashboardApp(App[None]):
             table.add_row("queue", f"{service['queue_size']:,} / {service['max_queue_size']:,}")
             table.add_row("stored this run", f"{service['total_stored']:,}")
         else:
-            reading = "the database" if self.source.postgres else "the file"
+            reading = "the file" if self.source.is_file else "the database"
             table.add_row("service", Text(f"not running (reading {reading})", style="dim"))
         table.add_row("ingest, last 10 s", f"{snap.rate_now:,.1f}/s")
         table.add_row("this refresh", f"{snap.query_ms:,.1f} ms" if self.show_timings else "-")
@@ -286,7 +287,10 @@ class DashboardApp(App[None]):
 
 
 def run_dashboard(
-    location: str | os.PathLike[str], *, data_dir: str | os.PathLike[str] | None = None, interval: float = 1.0
+    location: str | os.PathLike[str] | Location,
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    interval: float = 1.0,
 ) -> None:
     """Open ``location`` (a database file or a ``postgresql://`` URL) read-only and run the dashboard
     until the user quits; ``data_dir`` holds the running service's ``service.json`` (see DashboardSource)."""

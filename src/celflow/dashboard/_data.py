@@ -20,7 +20,7 @@ from typing import Any
 
 from .._database import EventDatabase
 from .._exceptions import CelflowError, DatabaseClosedError, QueryTimeoutError
-from .._storage import is_postgres_url, sqlite_path
+from .._location import Location, parse_location
 from .._types import EventQuery, Pattern, StoredEvent, SystemStats
 
 __all__ = ["WINDOWS", "DashboardSource", "Filters", "Snapshot"]
@@ -97,17 +97,17 @@ class DashboardSource:
 
     def __init__(
         self,
-        location: str | os.PathLike[str],
+        location: str | os.PathLike[str] | Location,
         *,
         data_dir: str | os.PathLike[str] | None = None,
         clock: Callable[[], float] = time.time,
         service: bool = True,
     ) -> None:
-        self.location = os.fspath(location)
+        self.location = parse_location(location)
         self.database = EventDatabase(self.location, readonly=True)
-        self.path = self.database.store.path  # what the title shows: the file as given, or the URL without password
-        if data_dir is None and not is_postgres_url(self.location):
-            data_dir = Path(sqlite_path(self.location)).parent
+        self.path = self.location.shown  # what the title shows: the file as given, or the URL without password
+        if data_dir is None and self.location.is_sqlite:
+            data_dir = Path(self.location.path).parent
         self.data_dir = Path(data_dir) if data_dir is not None else None
         self.clock = clock
         self._total: int | None = None
@@ -123,9 +123,9 @@ class DashboardSource:
             self._client = self._connect(self.data_dir)
 
     @property
-    def postgres(self) -> bool:
-        """Whether the database is PostgreSQL (no file, no WAL of its own to show)."""
-        return is_postgres_url(self.location)
+    def is_file(self) -> bool:
+        """Whether the database is a file with a WAL of its own (not a server's tables)."""
+        return self.location.is_sqlite
 
     def _connect(self, data_dir: Path) -> Any:
         from ..client import Client  # httpx loads only when a service runs
@@ -216,7 +216,7 @@ class DashboardSource:
             except CelflowError:
                 service = None
             # A URL's data folder is the config's: its service may write another PostgreSQL database
-            if service and self.postgres and service["database_stats"].get("database_path") != self.path:
+            if service and not self.is_file and service["database_stats"].get("database_path") != self.path:
                 service = None
         total = service["database_stats"]["total_events"] if service else self.total(wait=wait_total)
         snapshot = Snapshot(

@@ -38,7 +38,6 @@ from .._exceptions import (
 from .._export import CSV_COLUMNS, _csv_row
 from .._forwarder import BusForwarder
 from .._manager import EventPersistenceManager
-from .._storage import is_postgres_url
 from .._types import StoredEvent
 from ._guard import Guard
 from ._metrics import Metrics
@@ -81,7 +80,7 @@ class Api:
     def __init__(self, manager: Sink, settings: HttpConfig, metrics: Metrics) -> None:
         self.manager = manager
         #: Other processes write the same store (ingest workers into PostgreSQL): streams also poll.
-        self.poll = SHARED_POLL if isinstance(manager, BusForwarder) or is_postgres_url(manager.location) else None
+        self.poll = SHARED_POLL if isinstance(manager, BusForwarder) or not manager.location.is_sqlite else None
         self.settings = settings
         self.metrics = metrics
         self.signal = CommitSignal()

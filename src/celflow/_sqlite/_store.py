@@ -6,7 +6,6 @@ import contextlib
 import functools
 import itertools
 import logging
-import math
 import os
 import sqlite3
 import threading
@@ -14,11 +13,8 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
-import msgspec
-
-from . import _schema
-from ._encoding import MAX_SEARCH_LENGTH, Row, _check_text, data_text, decode_data, encode_data
-from ._exceptions import (
+from .._encoding import MAX_SEARCH_LENGTH, Row, _check_text, data_text, decode_data, encode_data
+from .._exceptions import (
     CorruptDatabaseError,
     DatabaseClosedError,
     DatabaseNotFoundError,
@@ -29,10 +25,11 @@ from ._exceptions import (
     SchemaVersionError,
     ValidationError,
 )
-from ._files import ensure_private_dir
+from .._files import ensure_private_dir
+from .._sql import SQLReads, like_pattern
+from .._types import EventQuery, InsertResult, StoredEvent
+from . import _schema
 from ._lock import WriterLock
-from ._storage import counter_for
-from ._types import EventQuery, InsertResult, Pattern, StoredEvent, SystemStats
 
 __all__ = ["SQLiteStore", "translate"]
 
@@ -76,10 +73,6 @@ def _statement_sizes(n: int, largest: int) -> Iterator[int]:
     while n > 0:
         yield min(n, largest)
         n -= largest
-
-
-_EVENT_COLUMNS = "id, timestamp, event_type, action, source, data_json, data_compressed, hash, processed, created_at"
-_GROUP_COLUMNS = ("event_type", "source", "action")
 
 
 def _error_name(exc: BaseException) -> str | None:
@@ -146,11 +139,6 @@ def _search_udf(data_compressed: bytes, needle: bytes) -> bool:
     return needle in text.lower()
 
 
-def _like_pattern(text: str) -> str:
-    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
-
-
 _NAMES_HOLD = "(instr(lower(event_type), ?) OR instr(lower(source), ?) OR instr(lower(action), ?))"
 
 
@@ -170,39 +158,13 @@ def _search_clause(needle: str) -> tuple[str, list[Any]]:
     text = folded.decode()
     if "\x00" in needle:
         return _NAMES_HOLD, [text, text, text]
-    like = _like_pattern(needle)
+    like = like_pattern(needle)
     clause = (
         "(event_type LIKE ? ESCAPE '\\' OR source LIKE ? ESCAPE '\\' OR action LIKE ? ESCAPE '\\' "
         "OR data_json LIKE ? ESCAPE '\\' OR (data_compressed IS NOT NULL AND celflow_search(data_compressed, ?)) "
         f"OR ((instr(event_type, ?) OR instr(source, ?) OR instr(action, ?)) AND {_NAMES_HOLD}))"
     )
     return clause, [like, like, like, like, folded, "\x00", "\x00", "\x00", text, text, text]
-
-
-def encode_cursor(timestamp: float, event_id: int) -> str:
-    """An opaque page cursor: the last row's (timestamp, id)."""
-    return f"{timestamp!r}:{event_id}"
-
-
-def decode_cursor(cursor: str) -> tuple[float, int]:
-    """Parse a cursor made by :func:`encode_cursor`."""
-    try:
-        ts_text, id_text = cursor.rsplit(":", 1)
-        ts, event_id = float(ts_text), int(id_text)
-    except (ValueError, AttributeError):
-        raise ValidationError(
-            f"cursor {str(cursor)[:40]!r} is not a cursor returned by a previous page", field="cursor"
-        ) from None
-    if not math.isfinite(ts) or not 0 <= event_id < 2**63:
-        raise ValidationError(f"cursor {cursor[:40]!r} is not a cursor returned by a previous page", field="cursor")
-    return ts, event_id
-
-
-def _row_to_event(row: Sequence[Any]) -> StoredEvent:
-    # Positional, in _EVENT_COLUMNS order: this runs for every row a query returns.
-    return StoredEvent(
-        row[0], row[1], row[2], row[3], row[4], decode_data(row[5], row[6]), row[7], bool(row[8]), row[9]
-    )
 
 
 def _inspect_existing(path: str) -> None:
@@ -223,8 +185,32 @@ def _create_private(path: str) -> None:
     os.close(fd)
 
 
-class SQLiteStore:
-    """Events, patterns and system stats in one SQLite file (see :mod:`celflow._schema`)."""
+class SQLiteStore(SQLReads):
+    """Events, patterns and system stats in one SQLite file (see :mod:`celflow._sqlite._schema`)."""
+
+    P = "?"
+    EVENT_COLUMNS = "id, timestamp, event_type, action, source, data_json, data_compressed, hash, processed, created_at"
+    PATTERN_COLUMNS = "id, event_id, pattern_type, confidence, pattern_data, embryo_id, created_at"
+    SYSTEM_STATS_COLUMNS = (
+        "id, timestamp, total_events, events_per_second, active_embryos, avg_fitness, storage_mb, created_at"
+    )
+
+    @staticmethod
+    def _row_to_event(row: Sequence[Any]) -> StoredEvent:
+        # Positional, in EVENT_COLUMNS order: this runs for every row a query returns.
+        return StoredEvent(
+            row[0], row[1], row[2], row[3], row[4], decode_data(row[5], row[6]), row[7], bool(row[8]), row[9]
+        )
+
+    def _search_clause(self, needle: str) -> tuple[str, list[Any]]:
+        return _search_clause(needle)
+
+    def _bucket(self, expression: str) -> str:
+        return f"CAST({expression} / ? AS INTEGER)"
+
+    def _cursor_clause(self, op: str, ts: float, event_id: int) -> tuple[str, list[Any]]:
+        # spelled out, not a row value: SQLite then walks the (timestamp, hash) index from the cursor
+        return f"timestamp {op}= ? AND (timestamp {op} ? OR id {op} ?)", [ts, ts, event_id]
 
     def __init__(
         self, path: str | os.PathLike[str], *, readonly: bool = False, durability: Durability = "normal"
@@ -481,63 +467,6 @@ class SQLiteStore:
             ids.append(event_id)
         return ids
 
-    def _where(self, query: EventQuery) -> tuple[str, list[Any]]:
-        clauses: list[str] = []
-        params: list[Any] = []
-        if query.start_time is not None:
-            clauses.append("timestamp >= ?")
-            params.append(query.start_time)
-        if query.end_time is not None:
-            clauses.append("timestamp < ?")
-            params.append(query.end_time)
-        for column in ("event_type", "source", "action"):
-            value = getattr(query, column)
-            if value is not None:
-                clauses.append(f"{column} = ?")
-                params.append(value)
-        if query.search:
-            clause, values = _search_clause(query.search)
-            clauses.append(clause)
-            params.extend(values)
-        if query.cursor is not None:
-            ts, event_id = decode_cursor(query.cursor)
-            op = "<" if query.order == "desc" else ">"
-            clauses.append(f"timestamp {op}= ? AND (timestamp {op} ? OR id {op} ?)")
-            params.extend([ts, ts, event_id])
-        return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
-
-    def select_events(self, query: EventQuery) -> tuple[list[StoredEvent], str | None]:
-        """Events matching ``query`` in time order, and the cursor of the next page (or None)."""
-        where, params = self._where(query)
-        direction = "DESC" if query.order == "desc" else "ASC"
-        sql = f"SELECT {_EVENT_COLUMNS} FROM events{where} ORDER BY timestamp {direction}, id {direction}"
-        if query.limit is not None:
-            sql += " LIMIT ?"
-            params.append(query.limit)
-        events = [_row_to_event(r) for r in self._read(sql, params)]
-        cursor = None
-        if query.limit is not None and events and len(events) == query.limit:
-            cursor = encode_cursor(events[-1].timestamp, events[-1].id)
-        return events, cursor
-
-    def select_after(self, after_id: int, query: EventQuery, *, until_id: int | None = None) -> list[StoredEvent]:
-        """Events with ``after_id < id <= until_id`` matching ``query`` in id order (a stream's catch-up).
-
-        Ids grow with every commit (one writer, AUTOINCREMENT), so reading on from the last id
-        seen misses nothing and repeats nothing. The query's order and cursor are ignored.
-        """
-        where, params = self._where(msgspec.structs.replace(query, cursor=None))
-        where = (where + " AND" if where else " WHERE") + " id > ?"
-        params.append(after_id)
-        if until_id is not None:
-            where += " AND id <= ?"
-            params.append(until_id)
-        sql = f"SELECT {_EVENT_COLUMNS} FROM events{where} ORDER BY id"
-        if query.limit is not None:
-            sql += " LIMIT ?"
-            params.append(query.limit)
-        return [_row_to_event(r) for r in self._read(sql, params)]
-
     def quick_check(self) -> list[str]:
         """SQLite's ``quick_check``: the problems it finds (empty: none)."""
         rows = [str(r[0]) for r in self._read("PRAGMA quick_check(20)")]
@@ -547,86 +476,6 @@ class SQLiteStore:
         """The highest id ever given (``sqlite_sequence``: deleted ids count too)."""
         rows = self._read("SELECT seq FROM sqlite_sequence WHERE name = 'events'")
         return int(rows[0][0]) if rows else 0
-
-    def count_events(self, query: EventQuery) -> int:
-        """How many events match ``query`` (its order, limit and cursor are ignored)."""
-        counter = counter_for(query, None)
-        if counter is not None:
-            return sum(self._counted(query, *counter, group="all").values())
-        where, params = self._where(msgspec.structs.replace(query, cursor=None))
-        return int(self._read(f"SELECT count(*) FROM events{where}", params)[0][0])
-
-    def count_by(self, field: str, query: EventQuery) -> dict[str, int]:
-        """Counts of matching events per ``event_type``, ``source`` or ``action``, largest first."""
-        if field not in _GROUP_COLUMNS:
-            raise ValidationError(f"cannot group by {field!r}; use one of {', '.join(_GROUP_COLUMNS)}")
-        column = field  # one of the fixed names above: safe to put in the SQL
-        counter = counter_for(query, column)
-        if counter is not None:
-            counts = self._counted(query, *counter, group="name")
-            return dict(sorted(((k, n) for k, n in counts.items() if n > 0), key=lambda kv: -kv[1]))
-        where, params = self._where(msgspec.structs.replace(query, cursor=None))
-        rows = self._read(
-            f"SELECT {column}, count(*) AS n FROM events{where} GROUP BY {column} ORDER BY n DESC", params
-        )
-        return {(key if key is not None else ""): n for key, n in rows}
-
-    def histogram(self, bucket: float, query: EventQuery) -> list[tuple[float, int]]:
-        """Counts of matching events per time bucket of ``bucket`` seconds, oldest first (empty buckets left out)."""
-        counter = counter_for(query, None) if bucket % 60 == 0 else None
-        if counter is not None:
-            counts = self._counted(query, *counter, group="bucket", bucket=bucket)
-            return [(b * bucket, n) for b, n in sorted(counts.items()) if n > 0]
-        where, params = self._where(msgspec.structs.replace(query, cursor=None))
-        rows = self._read(
-            f"SELECT CAST(timestamp / ? AS INTEGER) AS b, count(*) FROM events{where} GROUP BY b ORDER BY b",
-            [bucket, *params],
-        )
-        return [(b * bucket, n) for b, n in rows]
-
-    # -- the per-minute counters (schema v2) ----------------------------------------------------
-
-    def _counted(
-        self, query: EventQuery, kind: str, name: str | None, *, group: str, bucket: float = 60.0
-    ) -> dict[Any, int]:
-        """Counts from whole minutes in the counters, plus the partial minutes at each end from events."""
-        start, end = query.start_time, query.end_time
-        m_lo = None if start is None else math.ceil(start / 60)
-        m_hi = None if end is None else math.floor(end / 60)
-        totals: dict[Any, int] = {}
-        edges: list[tuple[float | None, float | None]] = []
-        if m_lo is not None and m_hi is not None and m_lo > m_hi:
-            edges.append((start, end))  # inside one minute: nothing whole to read from the counters
-        else:
-            conditions: tuple[tuple[str, Any], ...] = (("name = ?", name), ("minute >= ?", m_lo), ("minute < ?", m_hi))
-            clauses = ["kind = ?"]
-            params: list[Any] = [kind]
-            for clause, value in conditions:
-                if value is not None:
-                    clauses.append(clause)
-                    params.append(value)
-            key = {"name": "name", "bucket": "CAST(minute * 60 / ? AS INTEGER)", "all": "0"}[group]
-            key_params: list[Any] = [bucket] if group == "bucket" else []
-            sql = f"SELECT {key}, sum(n) FROM event_counts WHERE {' AND '.join(clauses)} GROUP BY 1"
-            for k, n in self._read(sql, key_params + params):
-                totals[k] = totals.get(k, 0) + n
-            if m_lo is not None and start is not None and m_lo * 60 > start:
-                edges.append((start, m_lo * 60))
-            if m_hi is not None and end is not None and m_hi * 60 < end:
-                edges.append((m_hi * 60, end))
-        key = {"name": kind, "bucket": "CAST(timestamp / ? AS INTEGER)", "all": "0"}[group]
-        key_params = [bucket] if group == "bucket" else []
-        for lo, hi in edges:
-            edge: tuple[tuple[str, Any], ...] = (("timestamp >= ?", lo), ("timestamp < ?", hi), (f"{kind} = ?", name))
-            clauses, params = [], []
-            for clause, value in edge:
-                if value is not None:
-                    clauses.append(clause)
-                    params.append(value)
-            where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
-            for k, n in self._read(f"SELECT {key}, count(*) FROM events{where} GROUP BY 1", key_params + params):
-                totals[k] = totals.get(k, 0) + n
-        return totals
 
     def rebuild_counts(self) -> None:
         """Recount the per-minute counters from the events (after rows were added by hand)."""
@@ -712,43 +561,6 @@ class SQLiteStore:
             )
             return int(cur.lastrowid or 0)
 
-    def select_patterns(
-        self,
-        *,
-        pattern_type: str | None = None,
-        event_id: int | None = None,
-        embryo_id: str | None = None,
-        min_confidence: float | None = None,
-        limit: int = 100,
-    ) -> list[Pattern]:
-        """Patterns matching every given filter, newest first."""
-        clauses: list[str] = []
-        params: list[Any] = []
-        for column, value in (("pattern_type", pattern_type), ("event_id", event_id), ("embryo_id", embryo_id)):
-            if value is not None:
-                clauses.append(f"{column} = ?")
-                params.append(value)
-        if min_confidence is not None:
-            clauses.append("confidence >= ?")
-            params.append(min_confidence)
-        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
-        rows = self._read(
-            "SELECT id, event_id, pattern_type, confidence, pattern_data, embryo_id, created_at "
-            f"FROM patterns{where} ORDER BY id DESC LIMIT ?",
-            [*params, limit],
-        )
-        return [Pattern(r[0], r[1], r[2], r[3], msgspec.json.decode(r[4]), r[5], r[6]) for r in rows]
-
-    def pattern_summary(self) -> list[tuple[str, int, float]]:
-        """``(pattern_type, count, average confidence)`` per type, most frequent first.
-
-        Read from the ``(pattern_type, confidence)`` index alone.
-        """
-        rows = self._read(
-            "SELECT pattern_type, count(*), avg(confidence) FROM patterns GROUP BY pattern_type ORDER BY 2 DESC, 1"
-        )
-        return [(str(r[0]), int(r[1]), float(r[2])) for r in rows]
-
     def insert_system_stats(self, values: dict[str, Any]) -> int:
         """Record a system stats snapshot; return its id."""
         with self.transaction() as conn:
@@ -759,22 +571,6 @@ class SQLiteStore:
                 values,
             )
             return int(cur.lastrowid or 0)
-
-    def select_system_stats(
-        self, *, start_time: float | None = None, end_time: float | None = None, limit: int = 100
-    ) -> list[SystemStats]:
-        """System stats snapshots in a time range, newest first."""
-        rows = self._read(
-            "SELECT id, timestamp, total_events, events_per_second, active_embryos, avg_fitness, "
-            "storage_mb, created_at FROM system_stats WHERE timestamp >= ? AND timestamp < ? "
-            "ORDER BY timestamp DESC, id DESC LIMIT ?",
-            [
-                start_time if start_time is not None else -math.inf,
-                end_time if end_time is not None else math.inf,
-                limit,
-            ],
-        )
-        return [SystemStats(*r) for r in rows]
 
     def close(self) -> None:
         """Close every connection and release the writer lock; later use raises."""

@@ -11,7 +11,7 @@ import os
 import sys
 import threading
 
-from ._exceptions import WriterBusyError
+from .._exceptions import WriterBusyError
 
 __all__ = ["WriterLock"]
 

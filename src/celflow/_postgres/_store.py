@@ -38,12 +38,10 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
-import msgspec
-
-from ._encoding import MAX_SEARCH_LENGTH, Row, _check_text, data_text, decode_data, encode_data
-from ._exceptions import (
+from .._encoding import MAX_SEARCH_LENGTH, Row, _check_text, data_text, decode_data, encode_data
+from .._exceptions import (
     DatabaseClosedError,
     OperationalError,
     PersistenceError,
@@ -51,9 +49,9 @@ from ._exceptions import (
     SchemaVersionError,
     ValidationError,
 )
-from ._sqlite import _like_pattern, decode_cursor, encode_cursor
-from ._storage import COUNTED_COLUMNS, counter_for, is_postgres_url
-from ._types import EventQuery, InsertResult, Pattern, StoredEvent, SystemStats
+from .._location import Location, parse_location
+from .._sql import COUNTED_COLUMNS, SQLReads, check_int64, like_pattern
+from .._types import EventQuery, InsertResult, StoredEvent
 
 try:
     import psycopg
@@ -63,13 +61,12 @@ try:
 except ImportError:  # pragma: no cover - the extra is not installed
     psycopg = None  # type: ignore[assignment]
 
-__all__ = ["PostgresStore", "is_postgres_url"]
+__all__ = ["DAY", "SCHEMA_VERSION", "PostgresStore", "translate"]
 
 log = logging.getLogger("celflow.postgres")
 
 SCHEMA_VERSION = 2  # 2: data is json (was jsonb)
 DAY = 86_400
-_GROUP_COLUMNS = ("event_type", "source", "action")
 _INT64 = 2**63
 _TRGM = "pg_trgm"  # the extension of the search index (tests change it to one that is not there)
 
@@ -86,10 +83,6 @@ _SEARCH_FIELDS = " OR ".join(
     f'lower({field} COLLATE "C") LIKE %s' for field in ("event_type", "source", "action", "data_json::text")
 )
 
-_EVENT_COLUMNS = (
-    "id, timestamp, event_type, action, source, data_json::text, data_compressed, hash, processed, "
-    "to_char(created_at, 'YYYY-MM-DD HH24:MI:SS')"
-)
 
 _SCHEMA = [
     "CREATE TABLE celflow_meta (key text PRIMARY KEY, value text NOT NULL)",
@@ -200,30 +193,6 @@ _INSERT_LOCK = 0x43454C46  # pg_advisory_xact_lock key of the move step ("CELF")
 _BUILD_LOCK = _INSERT_LOCK + 3  # pg_advisory_lock key of the search index builder: one at a time
 
 
-def _split_schema(url: str) -> tuple[str, str | None]:
-    """The URL without CelFlow's own ``schema=`` query parameter, and that schema."""
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    schema = next((v for k, v in query if k == "schema"), None)
-    # quote, not urlencode's default quote_plus: libpq reads "+" as a plus sign, not a space
-    rest = urlencode([(k, v) for k, v in query if k != "schema"], quote_via=quote)
-    return urlunsplit(parts._replace(query=rest)), schema
-
-
-def _shown(url: str) -> str:
-    """The URL with any password masked, for messages."""
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
-
-
-def _check_int64(value: int | None, field: str) -> None:
-    if value is not None and not -_INT64 <= value < _INT64:
-        raise ValidationError(f"{field} {value} is too large: ids are 64-bit integers", field=field)
-
-
 def _search_clause(needle: str) -> tuple[str, list[Any]]:
     """SQLite's search (:func:`celflow._sqlite._search_clause`) in PostgreSQL: the same matches.
 
@@ -238,27 +207,60 @@ def _search_clause(needle: str) -> tuple[str, list[Any]]:
     _check_text(needle, "search")
     if "\x00" in needle:
         return "false", []
-    like = _like_pattern(needle.encode().lower().decode())  # bytes.lower() folds ASCII letters only
+    like = like_pattern(needle.encode().lower().decode())  # bytes.lower() folds ASCII letters only
     if "\n" in needle:  # it could match across the newline joining two fields: each field too
         return f"{_SEARCH_TEXT} LIKE %s AND ({_SEARCH_FIELDS})", [like] * 5
     return f"{_SEARCH_TEXT} LIKE %s", [like]
 
 
-def _row_to_event(row: Sequence[Any]) -> StoredEvent:
-    blob = bytes(row[6]) if row[6] is not None else None
-    return StoredEvent(row[0], row[1], row[2], row[3], row[4], decode_data(row[5], blob), row[7], bool(row[8]), row[9])
+def translate(
+    exc: BaseException, path: str, *, password: str | None = None, connecting: bool = False
+) -> PersistenceError:
+    """Turn a driver error into CelFlow's tree (the one place where that happens).
+
+    ``password`` is masked wherever the driver repeats it; ``connecting``: the error of opening a connection.
+    """
+    reason = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())  # one line
+    if password:
+        reason = reason.replace(password, "***")
+    if connecting:
+        return OperationalError(f"cannot connect to {path}: {reason}")
+    if isinstance(exc, psycopg.errors.QueryCanceled):
+        return QueryTimeoutError(f"the query ran longer than its time limit and was stopped (database {path})")
+    if isinstance(exc, psycopg.errors.ReadOnlySqlTransaction):
+        return PersistenceError(f"{path} was opened read-only")
+    if isinstance(exc, (psycopg.OperationalError, PoolTimeout)):
+        return OperationalError(f"{reason} (database {path})")
+    return PersistenceError(f"{reason} (database {path})")
 
 
-class PostgresStore:
+class PostgresStore(SQLReads):
     """Events, patterns and system stats in a PostgreSQL database (see the module docstring)."""
 
-    def __init__(self, url: str, *, readonly: bool = False, pool_size: int = 4) -> None:
+    P = "%s"
+    EVENT_COLUMNS = (
+        "id, timestamp, event_type, action, source, data_json::text, data_compressed, hash, processed, "
+        "to_char(created_at, 'YYYY-MM-DD HH24:MI:SS')"
+    )
+    PATTERN_COLUMNS = (
+        "id, event_id, pattern_type, confidence, pattern_data, embryo_id, to_char(created_at, 'YYYY-MM-DD HH24:MI:SS')"
+    )
+    SYSTEM_STATS_COLUMNS = (
+        "id, timestamp, total_events, events_per_second, active_embryos, avg_fitness, storage_mb, "
+        "to_char(created_at, 'YYYY-MM-DD HH24:MI:SS')"
+    )
+
+    def __init__(self, url: str | Location, *, readonly: bool = False, pool_size: int = 4) -> None:
         if psycopg is None:
             raise PersistenceError(
                 "the PostgreSQL backend needs psycopg: pip install 'celflow[postgres]' (psycopg and psycopg-pool)"
             )
-        self.url, self.schema = _split_schema(url)
-        self.path = _shown(url)
+        location = parse_location(url)
+        if location.is_sqlite:
+            raise PersistenceError(f"{location.shown} is a SQLite file, not a PostgreSQL database")
+        self.url, self.schema = location.target, location.schema
+        self.path = location.shown
+        self._password = urlsplit(self.url).password
         self.readonly = readonly
         self.schema_version = SCHEMA_VERSION  # the schema's own, once open (a reader leaves an older one as it is)
         self._closed = False
@@ -274,11 +276,7 @@ class PostgresStore:
         try:
             psycopg.connect(self.url, connect_timeout=10).close()
         except psycopg.Error as exc:
-            reason = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())  # one line
-            password = urlsplit(url).password
-            if password:
-                reason = reason.replace(password, "***")
-            raise OperationalError(f"cannot connect to {self.path}: {reason}") from None
+            raise translate(exc, self.path, password=self._password, connecting=True) from None
         self._pool = ConnectionPool(
             self.url,
             min_size=1,
@@ -291,7 +289,7 @@ class PostgresStore:
             self._pool.open(wait=True, timeout=10)
         except (psycopg.Error, PoolTimeout) as exc:
             self._pool.close()
-            raise OperationalError(f"cannot connect to {self.path}: {exc}") from None
+            raise translate(exc, self.path, password=self._password, connecting=True) from None
         try:
             self._migrate()
             if not readonly:
@@ -300,6 +298,22 @@ class PostgresStore:
         except BaseException:
             self.close()
             raise
+
+    @staticmethod
+    def _row_to_event(row: Sequence[Any]) -> StoredEvent:
+        blob = bytes(row[6]) if row[6] is not None else None
+        return StoredEvent(
+            row[0], row[1], row[2], row[3], row[4], decode_data(row[5], blob), row[7], bool(row[8]), row[9]
+        )
+
+    def _search_clause(self, needle: str) -> tuple[str, list[Any]]:
+        return _search_clause(needle)
+
+    def _bucket(self, expression: str) -> str:
+        return f"floor({expression} / %s)::bigint"
+
+    def _cursor_clause(self, op: str, ts: float, event_id: int) -> tuple[str, list[Any]]:
+        return f"(timestamp, id) {op} (%s, %s)", [ts, event_id]
 
     # -- connections ----------------------------------------------------------------------------
 
@@ -332,14 +346,10 @@ class PostgresStore:
                     timeout_ms = str(max(1, int(seconds * 1000)))
                     conn.execute("SELECT set_config('statement_timeout', %s, true)", (timeout_ms,))
                 yield conn
-        except psycopg.errors.QueryCanceled:
+        except psycopg.errors.QueryCanceled:  # its message names the limit this thread set
             raise QueryTimeoutError(f"the query ran longer than its {seconds or 0:g} s limit and was stopped") from None
-        except psycopg.errors.ReadOnlySqlTransaction:
-            raise PersistenceError(f"{self.path} was opened read-only") from None
-        except psycopg.OperationalError as exc:
-            raise OperationalError(f"{exc} (database {self.path})") from exc
-        except psycopg.Error as exc:
-            raise PersistenceError(f"{exc} (database {self.path})") from exc
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise translate(exc, self.path, password=self._password) from exc
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         # A search is never prepared: a generic plan cannot see the pattern, so it cannot tell a rare
@@ -469,7 +479,7 @@ class PostgresStore:
             try:
                 conn: Any = psycopg.connect(self.url, autocommit=True, connect_timeout=10)  # CONCURRENTLY: autocommit
             except psycopg.Error as exc:
-                raise OperationalError(f"cannot connect to {self.path}: {exc}") from None
+                raise translate(exc, self.path, password=self._password, connecting=True) from None
             self._build_conn = conn
             built = 0
             try:
@@ -495,7 +505,7 @@ class PostgresStore:
                         )
                         built += 1
             except psycopg.Error as exc:
-                raise PersistenceError(f"building the search index failed: {exc} (database {self.path})") from exc
+                raise translate(exc, self.path, password=self._password) from exc
             finally:
                 self._build_conn = None
                 conn.close()
@@ -529,9 +539,6 @@ class PostgresStore:
         self._builder.start()
 
     # -- the storage contract ------------------------------------------------------------------
-
-    def acquire_writer(self) -> None:
-        """Any number of writers may share a PostgreSQL database: nothing to take."""
 
     @contextlib.contextmanager
     def time_limit(self, seconds: float | None) -> Iterator[None]:
@@ -624,65 +631,6 @@ class PostgresStore:
             by_key.update({(ts, digest): event_id for event_id, ts, digest in found})
         return [by_key[row.timestamp, row.hash] for row in rows]
 
-    def _where(self, query: EventQuery) -> tuple[str, list[Any]]:
-        clauses: list[str] = []
-        params: list[Any] = []
-        if query.start_time is not None:
-            clauses.append("timestamp >= %s")
-            params.append(query.start_time)
-        if query.end_time is not None:
-            clauses.append("timestamp < %s")
-            params.append(query.end_time)
-        for column in ("event_type", "source", "action"):
-            value = getattr(query, column)
-            if value is not None:
-                clauses.append(f"{column} = %s")
-                params.append(value)
-        if query.search:
-            clause, values = _search_clause(query.search)
-            clauses.append(clause)
-            params.extend(values)
-        if query.cursor is not None:
-            ts, event_id = decode_cursor(query.cursor)
-            op = "<" if query.order == "desc" else ">"
-            clauses.append(f"(timestamp, id) {op} (%s, %s)")
-            params.extend([ts, event_id])
-        return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
-
-    def _select_sql(self, query: EventQuery) -> tuple[str, list[Any]]:
-        """The statement of :meth:`select_events` and its parameters (tests EXPLAIN it)."""
-        where, params = self._where(query)
-        direction = "DESC" if query.order == "desc" else "ASC"
-        statement = f"SELECT {_EVENT_COLUMNS} FROM events{where} ORDER BY timestamp {direction}, id {direction}"
-        if query.limit is not None:
-            statement += " LIMIT %s"
-            params.append(query.limit)
-        return statement, params
-
-    def select_events(self, query: EventQuery) -> tuple[list[StoredEvent], str | None]:
-        """Events matching ``query`` in time order, and the cursor of the next page (or None)."""
-        events = [_row_to_event(r) for r in self._read(*self._select_sql(query))]
-        cursor = None
-        if query.limit is not None and events and len(events) == query.limit:
-            cursor = encode_cursor(events[-1].timestamp, events[-1].id)
-        return events, cursor
-
-    def select_after(self, after_id: int, query: EventQuery, *, until_id: int | None = None) -> list[StoredEvent]:
-        """Events with ``after_id < id <= until_id`` matching ``query``, in id (commit) order."""
-        _check_int64(after_id, "after")
-        _check_int64(until_id, "until")
-        where, params = self._where(msgspec.structs.replace(query, cursor=None))
-        where = (where + " AND" if where else " WHERE") + " id > %s"
-        params.append(after_id)
-        if until_id is not None:
-            where += " AND id <= %s"
-            params.append(until_id)
-        sql = f"SELECT {_EVENT_COLUMNS} FROM events{where} ORDER BY id"
-        if query.limit is not None:
-            sql += " LIMIT %s"
-            params.append(query.limit)
-        return [_row_to_event(r) for r in self._read(sql, params)]
-
     def quick_check(self) -> list[str]:
         """Problems found: the schema version must be readable and the tables reachable."""
         try:
@@ -696,85 +644,6 @@ class PostgresStore:
         """The highest id ever given to an event (the sequence; deleted ids count too)."""
         value, called = self._read("SELECT last_value, is_called FROM events_id_seq")[0]
         return int(value) if called else 0
-
-    def count_events(self, query: EventQuery) -> int:
-        """How many events match ``query``."""
-        counter = counter_for(query, None)
-        if counter is not None:
-            return sum(self._counted(query, *counter, group="all").values())
-        where, params = self._where(msgspec.structs.replace(query, cursor=None))
-        return int(self._read(f"SELECT count(*) FROM events{where}", params)[0][0])
-
-    def count_by(self, field: str, query: EventQuery) -> dict[str, int]:
-        """Counts of matching events per ``event_type``, ``source`` or ``action``, largest first."""
-        if field not in _GROUP_COLUMNS:
-            raise ValidationError(f"cannot group by {field!r}; use one of {', '.join(_GROUP_COLUMNS)}")
-        column = field  # one of the fixed names above
-        counter = counter_for(query, column)
-        if counter is not None:
-            counts = self._counted(query, *counter, group="name")
-            return dict(sorted(((k, n) for k, n in counts.items() if n > 0), key=lambda kv: -kv[1]))
-        where, params = self._where(msgspec.structs.replace(query, cursor=None))
-        rows = self._read(f"SELECT {column}, count(*) AS n FROM events{where} GROUP BY 1 ORDER BY n DESC", params)
-        return {(key if key is not None else ""): int(n) for key, n in rows}
-
-    def histogram(self, bucket: float, query: EventQuery) -> list[tuple[float, int]]:
-        """Counts per time bucket of ``bucket`` seconds, oldest first."""
-        counter = counter_for(query, None) if bucket % 60 == 0 else None
-        if counter is not None:
-            counts = self._counted(query, *counter, group="bucket", bucket=bucket)
-            return [(b * bucket, n) for b, n in sorted(counts.items()) if n > 0]
-        where, params = self._where(msgspec.structs.replace(query, cursor=None))
-        rows = self._read(
-            f"SELECT floor(timestamp / %s)::bigint AS b, count(*) FROM events{where} GROUP BY 1 ORDER BY 1",
-            [bucket, *params],
-        )
-        return [(b * bucket, int(n)) for b, n in rows]
-
-    def _counted(
-        self, query: EventQuery, kind: str, name: str | None, *, group: str, bucket: float = 60.0
-    ) -> dict[Any, int]:
-        """Whole minutes from the counters, the partial minutes at each end from the events."""
-        start, end = query.start_time, query.end_time
-        m_lo = None if start is None else math.ceil(start / 60)
-        m_hi = None if end is None else math.floor(end / 60)
-        totals: dict[Any, int] = {}
-        edges: list[tuple[float | None, float | None]] = []
-        if m_lo is not None and m_hi is not None and m_lo > m_hi:
-            edges.append((start, end))
-        else:
-            clauses: list[str] = ["kind = %s"]
-            params: list[Any] = [kind]
-            for clause, value in (("name = %s", name), ("minute >= %s", m_lo), ("minute < %s", m_hi)):
-                if value is not None:
-                    clauses.append(clause)
-                    params.append(value)
-            key = {"name": "name", "bucket": "floor(minute * 60 / %s)::bigint", "all": "0"}[group]
-            key_params: list[Any] = [bucket] if group == "bucket" else []
-            statement = f"SELECT {key}, sum(n) FROM event_counts WHERE {' AND '.join(clauses)} GROUP BY 1"
-            for k, n in self._read(statement, key_params + params):
-                totals[k] = totals.get(k, 0) + int(n)
-            if m_lo is not None and start is not None and m_lo * 60 > start:
-                edges.append((start, m_lo * 60))
-            if m_hi is not None and end is not None and m_hi * 60 < end:
-                edges.append((m_hi * 60, end))
-        key = {"name": kind, "bucket": "floor(timestamp / %s)::bigint", "all": "0"}[group]
-        key_params = [bucket] if group == "bucket" else []
-        for lo, hi in edges:
-            clauses, params = [], []
-            edge: tuple[tuple[str, Any], ...] = (
-                ("timestamp >= %s", lo),
-                ("timestamp < %s", hi),
-                (f"{kind} = %s", name),
-            )
-            for clause, bound in edge:
-                if bound is not None:
-                    clauses.append(clause)
-                    params.append(bound)
-            where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
-            for k, n in self._read(f"SELECT {key}, count(*) FROM events{where} GROUP BY 1", key_params + params):
-                totals[k] = totals.get(k, 0) + int(n)
-        return totals
 
     def rebuild_counts(self) -> None:
         """Recount the per-minute counters from the events."""
@@ -895,7 +764,7 @@ class PostgresStore:
         self, pattern_type: str, confidence: float, pattern_data: Any, *, event_id: int | None, embryo_id: str | None
     ) -> int:
         """Store a pattern; return its id."""
-        _check_int64(event_id, "event_id")
+        check_int64(event_id, "event_id")
         text = encode_data(pattern_data).decode()  # integers past 64 bits too
         with self._conn() as conn:
             row = conn.execute(
@@ -904,41 +773,6 @@ class PostgresStore:
                 (event_id, pattern_type, confidence, text, embryo_id),
             ).fetchone()
         return int(row[0])
-
-    def select_patterns(
-        self,
-        *,
-        pattern_type: str | None = None,
-        event_id: int | None = None,
-        embryo_id: str | None = None,
-        min_confidence: float | None = None,
-        limit: int = 100,
-    ) -> list[Pattern]:
-        """Patterns matching every given filter, newest first."""
-        _check_int64(event_id, "event_id")
-        clauses: list[str] = []
-        params: list[Any] = []
-        for column, value in (("pattern_type", pattern_type), ("event_id", event_id), ("embryo_id", embryo_id)):
-            if value is not None:
-                clauses.append(f"{column} = %s")
-                params.append(value)
-        if min_confidence is not None:
-            clauses.append("confidence >= %s")
-            params.append(min_confidence)
-        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
-        rows = self._read(
-            "SELECT id, event_id, pattern_type, confidence, pattern_data, embryo_id, "
-            f"to_char(created_at, 'YYYY-MM-DD HH24:MI:SS') FROM patterns{where} ORDER BY id DESC LIMIT %s",
-            [*params, limit],
-        )
-        return [Pattern(r[0], r[1], r[2], r[3], msgspec.json.decode(r[4]), r[5], r[6]) for r in rows]
-
-    def pattern_summary(self) -> list[tuple[str, int, float]]:
-        """``(pattern_type, count, average confidence)`` per type, most frequent first."""
-        rows = self._read(
-            "SELECT pattern_type, count(*), avg(confidence) FROM patterns GROUP BY pattern_type ORDER BY 2 DESC, 1"
-        )
-        return [(str(r[0]), int(r[1]), float(r[2])) for r in rows]
 
     def insert_system_stats(self, values: dict[str, Any]) -> int:
         """Record a system stats snapshot; return its id."""
@@ -950,22 +784,6 @@ class PostgresStore:
                 values,
             ).fetchone()
         return int(row[0])
-
-    def select_system_stats(
-        self, *, start_time: float | None = None, end_time: float | None = None, limit: int = 100
-    ) -> list[SystemStats]:
-        """System stats snapshots in a time range, newest first."""
-        rows = self._read(
-            "SELECT id, timestamp, total_events, events_per_second, active_embryos, avg_fitness, storage_mb, "
-            "to_char(created_at, 'YYYY-MM-DD HH24:MI:SS') FROM system_stats WHERE timestamp >= %s AND timestamp < %s "
-            "ORDER BY timestamp DESC, id DESC LIMIT %s",
-            [
-                start_time if start_time is not None else -math.inf,
-                end_time if end_time is not None else math.inf,
-                limit,
-            ],
-        )
-        return [SystemStats(*r) for r in rows]
 
     def close(self) -> None:
         """Stop a search index build, close the pool; later use raises :class:`DatabaseClosedError`."""

@@ -1,0 +1,79 @@
+"""The SQLite backend: one WAL-mode file (:mod:`._store`), its schema (:mod:`._schema`), its care
+(:mod:`._care`: the start-up check, check, vacuum, backup, recover, doctor) and a WAL reader
+(:mod:`._wal`).
+
+The functions below are the backend's side of :class:`celflow._storage.Backend`.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .._location import Location
+from .._storage import Durability
+from . import _care
+from ._care import CheckReport, RecoverReport, preflight
+from ._lock import WriterLock
+from ._store import MMAP_SIZE, SQLiteStore, translate
+
+__all__ = [
+    "MMAP_SIZE",
+    "CheckReport",
+    "RecoverReport",
+    "SQLiteStore",
+    "backup",
+    "check",
+    "doctor",
+    "open_store",
+    "recover",
+    "translate",
+    "vacuum",
+]
+
+
+def open_store(location: Location, *, readonly: bool, durability: Durability, check: bool) -> SQLiteStore:
+    """Open (or create) the file; ``check`` refuses a damaged one before anything writes to it."""
+    path = location.path
+    if readonly or not check:
+        return SQLiteStore(path, readonly=readonly, durability=durability)
+    # A read-write connection may checkpoint the WAL into a damaged file when it closes: check
+    # first, under the lock, so no other writer changes the WAL meanwhile.
+    lock = WriterLock(path)
+    if os.path.exists(path):
+        lock.acquire()
+    try:
+        preflight(path, durability=durability)
+        store = SQLiteStore(path, durability=durability)
+        try:
+            store.acquire_writer()
+        except BaseException:
+            store.close()
+            raise
+    finally:
+        lock.release()  # the store holds it now
+    return store
+
+
+def check(location: Location, *, full: bool) -> CheckReport:
+    """Check the file without changing it: ``quick_check`` (or the full ``integrity_check``) and the WAL."""
+    return _care.check_database(location.path, full=full)
+
+
+def doctor(location: Location) -> tuple[CheckReport, list[str]]:
+    """A full check, and what to do about what it found."""
+    return _care.doctor(location.path)
+
+
+def vacuum(location: Location) -> tuple[float, float]:
+    """Rebuild the file without its free pages; the size in MB before and after."""
+    return _care.vacuum_database(location.path)
+
+
+def backup(location: Location, destination: str | os.PathLike[str], *, force: bool) -> int:
+    """A consistent private copy, taken online; its size in bytes."""
+    return _care.backup_database(location.path, destination, force=force)
+
+
+def recover(location: Location) -> RecoverReport:
+    """Save what can be read into a new file at the same path; the damaged one is kept aside."""
+    return _care.recover_database(location.path)

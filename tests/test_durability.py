@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 
 from celflow import EventDatabase, WriterBusyError, create_event_persistence, decode_data
+from celflow._care import recover_database
 
 HELPER = Path(__file__).parent / "helpers" / "durability_worker.py"
 CELFLOW_EXE = Path(sys.executable).parent / "celflow"
@@ -341,63 +342,52 @@ def test_sigkill_mid_ingest_loses_no_acknowledged_event(tmp_path: Path, procs: P
         assert database.count_events(event_type="durability") == len(numbers)
 
 
-# -- 3. one writer process per database --------------------------------------------------------
+# -- 3. many writer processes, one file; a recovery needs it alone -----------------------------
 
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("holder", ["hold-manager", "hold-database"])
-def test_second_writer_process_is_refused_while_readers_work(tmp_path: Path, procs: Procs, holder: str) -> None:
-    """While another process writes, writes here raise WriterBusyError naming the path; reads work; then writes work."""
+def test_a_second_writer_process_writes_beside_the_first(tmp_path: Path, procs: Procs, holder: str) -> None:
+    """While another process writes, this one writes too (an EventDatabase and a manager); a recovery,
+    which needs the file alone, is refused naming the path; afterwards every event is there once."""
     db_path = tmp_path / "events.db"
-    EventDatabase(db_path).close()  # an existing database: the holder takes the lock by writing / starting
+    EventDatabase(db_path).close()
     proc = procs.spawn(holder, db_path, interactive=True)
     assert proc.stdout is not None and proc.stdin is not None
     line = proc.stdout.readline()
     assert line.strip() == "ready", f"holder did not start:\n{procs.stderr(proc)}"
     held = [worker.payload(i) for i in range(worker.HOLD_EVENTS)]
 
-    other = EventDatabase(db_path)
-    try:
-        with pytest.raises(WriterBusyError) as busy:
-            other.store_event(worker.event(100))
-        message = str(busy.value)
-        assert str(db_path) in message
-        assert f"pid {proc.pid}" in message, message
-        with pytest.raises(WriterBusyError, match=re.escape(str(db_path))):
-            other.store_events_batch([worker.event(101), worker.event(102)])
-
-        manager = create_event_persistence({"database_path": str(db_path), "batch_timeout": 0.1})
-        with pytest.raises(WriterBusyError, match=re.escape(str(db_path))):
-            asyncio.run(manager.start())
-
-        with EventDatabase(db_path, readonly=True) as reader:  # reading needs no lock
-            assert [e["data"] for e in reader.get_events(order="asc")] == held
-            assert reader.count_events() == worker.HOLD_EVENTS  # nothing of the refused writes
-
-        proc.stdin.close()
-        assert proc.wait(timeout=30) == 0, procs.stderr(proc)
-
-        # The writer is gone: the object that was refused now writes, and so does a new manager.
-        other.store_event(worker.event(100))
-    finally:
-        other.close()
-
-    async def write_with_manager() -> int:
+    async def write_with_manager(number: int) -> int:
         manager = create_event_persistence({"database_path": str(db_path), "batch_timeout": 0.1})
         await manager.start()
         try:
-            return await manager.store_event(worker.event(101))
+            event_id = await manager.store_event(worker.event(number))
+            assert event_id is not None
+            return event_id
         finally:
             await manager.stop()
 
-    assert asyncio.run(write_with_manager()) > 0
+    try:
+        with EventDatabase(db_path) as other:
+            assert other.store_event(worker.event(100)) > 0
+            assert len(other.store_events_batch([worker.event(101), worker.event(102)])) == 2
+        assert asyncio.run(write_with_manager(103)) > 0
+        with pytest.raises(WriterBusyError, match=re.escape(str(db_path))):
+            recover_database(db_path)
+        with EventDatabase(db_path, readonly=True) as reader:
+            assert reader.count_events() == worker.HOLD_EVENTS + 4
+    finally:
+        proc.stdin.close()
+        assert proc.wait(timeout=30) == 0, procs.stderr(proc)
     with EventDatabase(db_path, readonly=True) as reader:
-        assert [e["data"] for e in reader.get_events(order="asc")] == [*held, worker.payload(100), worker.payload(101)]
+        stored = [e["data"] for e in reader.get_events(order="asc")]
+    assert stored == [*held, *(worker.payload(n) for n in (100, 101, 102, 103))]
 
 
 @pytest.mark.timeout(60)
-def test_second_writer_through_a_symlink_is_refused(tmp_path: Path, procs: Procs) -> None:
-    """A second writer process reaching the same database file through a symlink is refused too."""
+def test_a_recovery_through_a_symlink_is_refused_while_a_writer_runs(tmp_path: Path, procs: Procs) -> None:
+    """The lock is the real file's: a recovery reaching it through a symlink finds the writer too."""
     real = tmp_path / "real" / "events.db"
     link = tmp_path / "elsewhere" / "link.db"
     EventDatabase(real).close()
@@ -406,17 +396,13 @@ def test_second_writer_through_a_symlink_is_refused(tmp_path: Path, procs: Procs
     proc = procs.spawn("hold-database", real, interactive=True)
     assert proc.stdout is not None and proc.stdin is not None
     assert proc.stdout.readline().strip() == "ready", f"holder did not start:\n{procs.stderr(proc)}"
-
-    with EventDatabase(link) as other:
-        try:
-            other.store_event(worker.event(100))
-        except WriterBusyError as exc:
-            assert str(link) in str(exc)
-        else:
-            pytest.fail(f"two processes write {real} at once: the writer lock is per path, not per file")
-        finally:
-            proc.stdin.close()
-            proc.wait(timeout=30)
+    try:
+        with pytest.raises(WriterBusyError, match=re.escape(str(link))):
+            recover_database(link)
+        assert real.exists() and not list(real.parent.glob("*.damaged-*"))
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=30)
 
 
 # -- 4. concurrency ----------------------------------------------------------------------------

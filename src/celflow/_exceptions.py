@@ -14,13 +14,14 @@ Tree::
         ├── DatabaseNotFoundError    no database at the path (read-only opens never create one)
         ├── NotACelflowDatabaseError the file is not SQLite, or not CelFlow's; it was not modified
         ├── SchemaVersionError       the file was written by a newer CelFlow
-        ├── WriterBusyError          another process is already writing this database
+        ├── WriterBusyError          the file is held alone (a recovery), or a step that needs it alone finds writers
         ├── DatabaseClosedError      the EventDatabase was used after close()
         ├── CorruptDatabaseError     the file is damaged: `celflow db recover` saves what can be read
         ├── OperationalError         the database engine failed (I/O, disk full, locked too long)
         └── QueryTimeoutError        a read ran past its time limit and was interrupted
 
-Driver errors are translated in one place (:func:`celflow._sqlite.translate`).
+Driver errors are translated in one place per backend (``translate`` in ``celflow._sqlite`` and
+``celflow._postgres``).
 """
 
 from __future__ import annotations
@@ -95,7 +96,8 @@ class SchemaVersionError(PersistenceError):
 
 
 class WriterBusyError(PersistenceError):
-    """Another process holds the database's writer lock."""
+    """A SQLite file is held alone by a step of another process (a start check, a recovery), or a step
+    that needs it alone (``celflow db recover``) finds writers at work."""
 
 
 class DatabaseClosedError(PersistenceError):

@@ -24,8 +24,7 @@ from ._database import EventDatabase
 from ._encoding import Row, prepare_each
 from ._exceptions import CelflowError, ManagerStateError, QueueFullError
 from ._location import mask_url
-from ._storage import EventStore
-from ._types import EventQuery
+from ._sink import DatabaseFigures, Prepared, SinkStats, read_figures
 from .bus import BusPublisher, BusState
 
 __all__ = ["BusForwarder"]
@@ -37,15 +36,8 @@ log = logging.getLogger("celflow")
 _REFRESH = 10.0
 
 
-def _read_totals(store: EventStore) -> tuple[int, int, dict[str, float]]:
-    return store.count_events(EventQuery()), store.last_id(), store.sizes()
-
-
 class BusForwarder:
     """The service's sink in publish mode: events go to the bus; reads, if any, to the shared store."""
-
-    #: Other processes (the ingest workers) commit to the store read here: live streams poll it.
-    shared_store = True
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -58,7 +50,7 @@ class BusForwarder:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._started_at = 0.0
-        self._totals: dict[str, Any] = {"total_events": 0, "last_event_id": 0, "database_size_mb": 0.0}
+        self._figures = DatabaseFigures(mask_url(self.read_url) if self.read_url else None)
         self._refresher: asyncio.Task[None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -107,20 +99,14 @@ class BusForwarder:
                 await self._open_reads()
             if self._reads is not None:
                 try:
-                    total, last, sizes = await asyncio.to_thread(_read_totals, self._reads.store)
-                    self._totals = {
-                        "total_events": total,
-                        "last_event_id": last,
-                        "database_size_mb": sizes.get("database_size_mb", 0.0),
-                    }
+                    self._figures = await asyncio.to_thread(read_figures, self._reads.store)
                 except CelflowError as exc:
                     log.warning("reading the shared store's totals failed: %s", exc)
             await asyncio.sleep(_REFRESH)
 
     # -- what the service and the HTTP API use of a manager ------------------------------------
 
-    @property
-    def database(self) -> EventDatabase:
+    def reader(self) -> EventDatabase:
         """The shared store, read-only; :class:`ManagerStateError` (503) when there is none to read."""
         if self._reads is not None:
             return self._reads
@@ -172,35 +158,51 @@ class BusForwarder:
         """Return once JetStream acknowledged every event accepted before this call."""
         await self.publisher.flush()
 
+    def prepare(self, events: Sequence[Any]) -> Prepared:
+        """Validate and encode events as the publisher sends them, keeping each one's idempotency key."""
+        kept: list[int] = []
+        rows, errors = prepare_each(events, self.options, kept=kept)
+        keys = [events[i].get("idempotency_key") for i in kept]
+        return Prepared(len(events), rows, errors, keys)
+
+    def offer(self, prepared: Prepared) -> None:
+        """On the loop: buffer prepared events now, or raise :class:`QueueFullError`."""
+        self.publisher.offer_rows(prepared.rows, prepared.keys)
+
+    async def commit(self, prepared: Prepared) -> list[int] | None:
+        """Buffer prepared events and return ``None`` once JetStream acknowledged them (the store gives
+        ids when a worker stores them); a full buffer raises, never drops."""
+        await self.store_rows(prepared.rows, keys=prepared.keys)
+        return None
+
     def add_batch_observer(self, observer: Callable[[float, int], None]) -> None:
         """Nothing is committed here: live streams poll the shared store instead."""
 
-    def get_stats(self) -> dict[str, Any]:
-        """The manager's counters, with the bus's meaning: ``total_stored`` is what JetStream acknowledged."""
+    def stats(self) -> SinkStats:
+        """The manager's counters with the bus's meaning: ``total_stored`` is what JetStream acknowledged."""
         bus = self.publisher.stats()
         uptime = time.time() - self._started_at if self._started_at else 0.0
         running = bus["state"] == BusState.RUNNING.value
-        return {
-            "state": "running" if running else bus["state"],
-            "mode": "publish",
-            "healthy": running and bool(bus["healthy"]),
-            "total_stored": bus["published"],
-            "duplicates": bus["duplicates"],
-            "dropped": bus["dropped"],
-            "lost": bus["lost"],
-            "queue_size": bus["buffered"],
-            "max_queue_size": bus["max_buffer"],
-            "batches": bus["messages"],
-            "errors": bus["retries"],
-            "last_error": bus["last_error"],
-            "events_per_second": 0.0,
-            "avg_events_per_second": round(bus["published"] / uptime, 1) if uptime > 0 else 0.0,
-            "uptime_seconds": round(uptime, 3),
-            "privacy_dropped": self.options.privacy.dropped if self.options.privacy is not None else 0,
-            "bus": {"url": mask_url(self.publisher.url), "stream": self.publisher.stream, **bus},
-            "database_stats": {
-                "database_path": mask_url(self.read_url) if self.read_url else None,
-                "wal_size_mb": 0.0,
-                **self._totals,
-            },
-        }
+        return SinkStats(
+            state="running" if running else bus["state"],
+            mode="publish",
+            healthy=running and bool(bus["healthy"]),
+            total_stored=bus["published"],
+            duplicates=bus["duplicates"],
+            dropped=bus["dropped"],
+            lost=bus["lost"],
+            queue_size=bus["buffered"],
+            max_queue_size=bus["max_buffer"],
+            batches=bus["messages"],
+            errors=bus["retries"],
+            last_error=bus["last_error"],
+            database=self._figures,
+            avg_events_per_second=round(bus["published"] / uptime, 1) if uptime > 0 else 0.0,
+            uptime_seconds=round(uptime, 3),
+            privacy_dropped=self.options.privacy.dropped if self.options.privacy is not None else 0,
+            bus={"url": mask_url(self.publisher.url), "stream": self.publisher.stream, **bus},
+        )
+
+    def get_stats(self) -> dict[str, Any]:
+        """:meth:`stats` as a dict."""
+        return self.stats().to_dict()

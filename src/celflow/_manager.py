@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import functools
 import logging
@@ -14,12 +15,12 @@ from typing import Any
 
 from ._config import Config, PersistenceConfig, parse_config
 from ._database import EventDatabase
-from ._encoding import EncodingOptions, Row, prepare_batch, prepare_event
+from ._encoding import EncodingOptions, Row, prepare_batch, prepare_each, prepare_event
 from ._exceptions import ManagerStateError, QueueFullError
 from ._location import Location
 from ._privacy import PrivacyRules
+from ._sink import DatabaseFigures, Prepared, SinkStats, read_figures
 from ._storage import open_store
-from ._types import EventQuery
 from ._writer import BatchWriter, Overflow
 
 __all__ = ["EventPersistenceManager", "ManagerState", "create_event_persistence"]
@@ -27,6 +28,9 @@ __all__ = ["EventPersistenceManager", "ManagerState", "create_event_persistence"
 log = logging.getLogger("celflow.manager")
 
 _RETENTION_CHUNK = 5_000
+#: Seconds between reads of the database's figures (count, sizes, last id) for stats: off the event
+#: loop, on a worker thread; between reads, this process's own writes keep them current.
+FIGURES_INTERVAL = 5.0
 _VACUUM_STEP_PAGES = 500  # ~10 ms a step, so ingest waits little between two batches
 
 
@@ -60,9 +64,10 @@ class EventPersistenceManager:
         self._writer: BatchWriter | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._started_at = 0.0
-        self._events_at_start = 0
         self._removed = 0
         self._last_cleanup: float | None = None
+        self._figures = DatabaseFigures(self.location.shown)
+        self._figures_base = (0, 0)  # (stored, removed) by this run when the figures were read
 
     @property
     def location(self) -> Location:
@@ -82,7 +87,7 @@ class EventPersistenceManager:
         store = await asyncio.to_thread(open_store, location, durability=settings.durability, check=True)
         database = EventDatabase.over(store, location, self.options)  # the same rules, so their counter is one
         try:
-            self._events_at_start = await asyncio.to_thread(store.count_events, EventQuery(limit=None))
+            self._figures = await asyncio.to_thread(read_figures, store)
         except BaseException:
             store.close()
             raise
@@ -100,9 +105,10 @@ class EventPersistenceManager:
         self._started_at = time.time()
         self.state = ManagerState.RUNNING
         self._tasks.append(asyncio.create_task(self._maintenance_loop(), name="celflow-maintenance"))
+        self._tasks.append(asyncio.create_task(self._figures_loop(), name="celflow-figures"))
         if settings.stats_interval > 0:
             self._tasks.append(asyncio.create_task(self._stats_loop(), name="celflow-system-stats"))
-        log.info("storing events in %s (%d already there)", database.store.path, self._events_at_start)
+        log.info("storing events in %s (%d already there)", database.store.path, self._figures.total_events)
         if self.options.privacy is not None:
             rules = self.config.privacy  # counts only: a rule's text could name what it hides
             log.info(
@@ -126,7 +132,12 @@ class EventPersistenceManager:
         writer, database = self._writer, self.database
         assert writer is not None and database is not None
         await asyncio.to_thread(writer.stop)
+        try:  # the true figures, for get_stats() after the stop
+            await self._refresh_figures()
+        except Exception as exc:  # noqa: BLE001 - the stop goes on: the last figures stay
+            log.warning("reading the database's figures at the stop failed: %s", exc)
         database.close()
+        self.database = None
         log.info(
             "stopped: %d events stored, %d duplicates, %d dropped, %d lost",
             writer.stored,
@@ -200,6 +211,19 @@ class EventPersistenceManager:
         future = self._running_writer().submit_awaited(rows, overflow=overflow)
         return [] if future is None else await future
 
+    def prepare(self, events: Sequence[Any]) -> Prepared:
+        """Validate and encode events received from outside (every invalid one is reported)."""
+        rows, errors = prepare_each(events, self.options)
+        return Prepared(len(events), rows, errors)
+
+    def offer(self, prepared: Prepared) -> None:
+        """Queue prepared events now, or raise :class:`QueueFullError` (a server's 202 or 503)."""
+        self.queue_rows(prepared.rows, overflow="raise")
+
+    async def commit(self, prepared: Prepared) -> list[int] | None:
+        """Queue prepared events and return their ids once committed (a full queue raises)."""
+        return await self.store_rows(prepared.rows, overflow="raise")
+
     def add_batch_observer(self, observer: Callable[[float, int], None]) -> None:
         """Call ``observer(seconds, inserted)`` on the writer thread after every committed batch."""
         self._running_writer().observers.append(observer)
@@ -207,57 +231,82 @@ class EventPersistenceManager:
     # -- reading -------------------------------------------------------------------------------
 
     def get_events(self, **kwargs: Any) -> list[dict[str, Any]]:
-        """The arguments of :meth:`EventDatabase.get_events`; reads committed events."""
-        return self._open_database().get_events(**kwargs)
+        """The arguments of :meth:`EventDatabase.get_events`; reads committed events (after a stop too)."""
+        if self.state is ManagerState.RUNNING:
+            return self.reader().get_events(**kwargs)
+        if self.state is ManagerState.UNSTARTED:
+            raise ManagerStateError("the persistence manager is not running (call `await start()` first)")
+        with EventDatabase(self.location, readonly=True) as database:
+            return database.get_events(**kwargs)
 
-    def _open_database(self) -> EventDatabase:
+    def reader(self) -> EventDatabase:
+        """The running manager's database, for reads; :class:`ManagerStateError` when it is not running."""
         if self.database is None or self.state is not ManagerState.RUNNING:
             raise ManagerStateError("the persistence manager is not running")
         return self.database
 
-    def get_stats(self) -> dict[str, Any]:
-        """Counters of this run and the database's size (cheap: no table scan)."""
+    def stats(self) -> SinkStats:
+        """Counters of this run and the database's figures; never runs a database query (the figures are
+        read every few seconds on a worker thread, and kept current with this run's own writes between)."""
         writer = self._writer
-        path = self.database.store.path if self.database is not None else self.location.shown
-        running = self.database is not None and self.state is ManagerState.RUNNING
-        sizes = self.database.store.sizes() if running and self.database is not None else {}
+        running = self.state is ManagerState.RUNNING
         uptime = time.time() - self._started_at if self._started_at else 0.0
+        figures = self._figures
         stored = writer.stored if writer else 0
+        since_stored, since_removed = self._figures_base
+        if running and writer is not None:
+            figures = dataclasses.replace(
+                figures,
+                total_events=figures.total_events + (stored - since_stored) - (self._removed - since_removed),
+                last_event_id=max(figures.last_event_id, writer.last_id),
+            )
         batches = writer.batches if writer else 0
-        return {
-            "state": self.state.value,
-            "healthy": bool(writer and writer.healthy) and self.state is ManagerState.RUNNING,
-            "total_stored": stored,
-            "duplicates": writer.duplicates if writer else 0,
-            "dropped": writer.dropped if writer else 0,
-            "lost": writer.lost if writer else 0,
-            "queue_size": writer.queue_size if writer else 0,
-            "max_queue_size": self.settings.max_queue_size,
-            "batches": batches,
-            "errors": writer.errors if writer else 0,
-            "last_error": writer.last_error if writer else None,
-            "last_flush": writer.last_flush if writer else None,
-            "avg_batch_ms": round(1000 * writer.total_batch_seconds / batches, 3) if writer and batches else 0.0,
-            "last_batch_ms": round(1000 * writer.last_batch_seconds, 3) if writer else 0.0,
-            "events_per_second": round(writer.rate(), 1) if writer else 0.0,
-            "avg_events_per_second": round(stored / uptime, 1) if uptime > 0 else 0.0,
-            "uptime_seconds": round(uptime, 3),
-            "removed_by_retention": self._removed,
-            "privacy_dropped": self.options.privacy.dropped if self.options.privacy is not None else 0,
-            "last_cleanup": self._last_cleanup,
-            "database_stats": {
-                "database_path": path,
-                "total_events": self._events_at_start + stored - self._removed,
-                "database_size_mb": sizes.get("database_size_mb", 0.0),
-                "wal_size_mb": sizes.get("wal_size_mb", 0.0),
-                # the newest event's id: a follower that starts here misses nothing committed later
-                "last_event_id": (
-                    self.database.store.last_id()
-                    if self.database is not None and self.state is ManagerState.RUNNING
-                    else 0
-                ),
-            },
-        }
+        return SinkStats(
+            state=self.state.value,
+            mode="store",
+            healthy=bool(writer and writer.healthy) and running,
+            total_stored=stored,
+            duplicates=writer.duplicates if writer else 0,
+            dropped=writer.dropped if writer else 0,
+            lost=writer.lost if writer else 0,
+            queue_size=writer.queue_size if writer else 0,
+            max_queue_size=self.settings.max_queue_size,
+            batches=batches,
+            errors=writer.errors if writer else 0,
+            last_error=writer.last_error if writer else None,
+            database=figures,
+            last_flush=writer.last_flush if writer else None,
+            avg_batch_ms=round(1000 * writer.total_batch_seconds / batches, 3) if writer and batches else 0.0,
+            last_batch_ms=round(1000 * writer.last_batch_seconds, 3) if writer else 0.0,
+            events_per_second=round(writer.rate(), 1) if writer else 0.0,
+            avg_events_per_second=round(stored / uptime, 1) if uptime > 0 else 0.0,
+            uptime_seconds=round(uptime, 3),
+            removed_by_retention=self._removed,
+            privacy_dropped=self.options.privacy.dropped if self.options.privacy is not None else 0,
+            last_cleanup=self._last_cleanup,
+        )
+
+    def get_stats(self) -> dict[str, Any]:
+        """Counters of this run and the database's size (cheap: no query; see :meth:`stats`)."""
+        return self.stats().to_dict()
+
+    async def _refresh_figures(self) -> None:
+        """Read the database's figures on a worker thread (this run's counters as of the read with them)."""
+        database = self.database
+        if database is None:
+            return
+        writer = self._writer
+        base = (writer.stored if writer else 0, self._removed)
+        self._figures = await asyncio.to_thread(read_figures, database.store)
+        self._figures_base = base
+
+    async def _figures_loop(self) -> None:
+        while True:
+            await asyncio.sleep(FIGURES_INTERVAL)
+            try:
+                await self._refresh_figures()
+            except Exception as exc:  # noqa: BLE001 - the figures stay as they were; the next read retries
+                log.debug("reading the database's figures failed: %s", exc)
 
     # -- maintenance ---------------------------------------------------------------------------
 
@@ -313,14 +362,14 @@ class EventPersistenceManager:
             await asyncio.sleep(interval)
             writer = self._running_writer()
             now = time.monotonic()
-            stats = self.get_stats()
+            figures = self.stats().database
             values = {
                 "timestamp": time.time(),
-                "total_events": stats["database_stats"]["total_events"],
+                "total_events": figures.total_events,
                 "events_per_second": (writer.stored - last_stored) / max(now - last_time, 1e-9),
                 "active_embryos": None,
                 "avg_fitness": None,
-                "storage_mb": stats["database_stats"]["database_size_mb"],
+                "storage_mb": figures.database_size_mb,
             }
             last_stored, last_time = writer.stored, now
             try:

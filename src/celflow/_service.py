@@ -19,6 +19,7 @@ from ._exceptions import OperationalError
 from ._files import ensure_private_dir
 from ._forwarder import BusForwarder
 from ._manager import EventPersistenceManager
+from ._sink import Sink
 from .capture.filesystem import FileSystemCapture
 from .capture.processes import ProcessCapture
 from .server import HttpServer, bind, create_app, load_or_create_token
@@ -79,8 +80,7 @@ async def serve(config: Config, stop: asyncio.Event | None = None, *, status_int
             loop.add_signal_handler(sig, stop.set)
     data_dir = config.persistence.data_dir
     sock = bind(config.http.host, config.http.port) if config.http.enabled else None  # a busy port fails first
-    manager: EventPersistenceManager | BusForwarder
-    manager = BusForwarder(config) if config.bus.publish else EventPersistenceManager(config)
+    manager = open_sink(config)
     try:
         await manager.start()
     except BaseException:
@@ -118,24 +118,7 @@ async def serve(config: Config, stop: asyncio.Event | None = None, *, status_int
             try:
                 await asyncio.wait_for(stop.wait(), timeout=status_interval)
             except TimeoutError:
-                stats = manager.get_stats()
-                if isinstance(manager, BusForwarder):
-                    log.info(
-                        "%d events published this run, %d buffered, dropped %d, last error: %s",
-                        stats["total_stored"],
-                        stats["queue_size"],
-                        stats["dropped"],
-                        stats["last_error"] or "none",
-                    )
-                    continue
-                log.info(
-                    "%d events stored this run (%.1f/s now), %d in the database, queue %d, dropped %d",
-                    stats["total_stored"],
-                    stats["events_per_second"],
-                    stats["database_stats"]["total_events"],
-                    stats["queue_size"],
-                    stats["dropped"],
-                )
+                log.info("%s", manager.stats().summary())
     finally:
         log.info("stopping: flushing queued events")
         if http is not None:
@@ -150,8 +133,9 @@ async def serve(config: Config, stop: asyncio.Event | None = None, *, status_int
             # off the loop: a capture thread may be waiting for the loop to take its last event
             await asyncio.to_thread(source.stop)
         await manager.stop()
-        lost = manager.get_stats()["lost"]
-        if lost and isinstance(manager, BusForwarder):
+        stats = manager.stats()
+        lost = stats.lost
+        if lost and stats.mode == "publish":
             raise OperationalError(f"{lost} accepted events were never acknowledged by the bus (see the log)")
         if lost:
             log.error("stopped: %d accepted events could not be written (see the errors above)", lost)
@@ -159,6 +143,13 @@ async def serve(config: Config, stop: asyncio.Event | None = None, *, status_int
                 f"{lost} accepted events could not be written before the stop (the disk kept failing; see the log)"
             )
         log.info("stopped cleanly")
+
+
+def open_sink(config: Config) -> Sink:
+    """Where ``celflow run`` puts its events: the local manager, or (``bus.publish``) the bus forwarder."""
+    if config.bus.publish:
+        return BusForwarder(config)  # nats-py loads only when it connects
+    return EventPersistenceManager(config)
 
 
 SERVICE_FILE = "service.json"

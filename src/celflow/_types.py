@@ -54,6 +54,8 @@ class InsertResult(msgspec.Struct, frozen=True):
     ids: list[int] | None
     inserted: int
     duplicates: int
+    #: The highest id this insert gave (0: it gave none).
+    last_id: int = 0
 
 
 class Pattern(msgspec.Struct, frozen=True):

@@ -44,7 +44,7 @@ def _with_database(config: Config, database: str | os.PathLike[str] | Location |
 async def _start_manager(
     settings: Config, stop: asyncio.Event, on_status: Callable[[dict[str, Any]], None] | None
 ) -> EventPersistenceManager | None:
-    """A started manager; while another process writes the (SQLite) database, wait as a standby.
+    """A started manager; while another process holds the (SQLite) file alone (a recovery), wait.
 
     ``None`` if ``stop`` was set first.
     """
@@ -57,7 +57,7 @@ async def _start_manager(
         except WriterBusyError as exc:
             if not waiting:
                 waiting = True
-                log.info("standby: %s; taking over when it stops", exc)
+                log.info("standby: %s; starting when it is done", exc)
                 if on_status is not None:
                     on_status({"event": "standby", "reason": str(exc)})
         with contextlib.suppress(TimeoutError):
@@ -81,8 +81,7 @@ def run_ingest_worker(
     """Consume ``stream`` into ``database`` until SIGINT/SIGTERM; return what was done.
 
     ``database`` (a path, ``sqlite:///path`` or a ``postgresql://`` URL) replaces the config's.
-    SQLite has one writer per file: a second worker on the same file waits as a standby and takes
-    over when the first one stops or dies.
+    Any number of workers (and other writers) may store into the same database, a SQLite file too.
     """
     settings = _with_database(parse_config(config), database)
     check_bus_url(bus_url)

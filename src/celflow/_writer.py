@@ -137,6 +137,7 @@ class BatchWriter:
         self.errors = 0
         self.last_error: str | None = None
         self.last_flush: float | None = None
+        self.last_id = 0  # the highest id a batch of this writer was given
         self.last_batch_seconds = 0.0
         self.total_batch_seconds = 0.0
         self.healthy = True
@@ -367,6 +368,7 @@ class BatchWriter:
         if result is not None:
             self.stored += result.inserted
             self.duplicates += result.duplicates
+            self.last_id = max(self.last_id, result.last_id)
             self.batches += 1
             self.last_batch_seconds = elapsed
             self.total_batch_seconds += elapsed

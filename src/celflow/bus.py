@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 
     from ._manager import EventPersistenceManager
 
+
 __all__ = [
     "DEFAULT_DURABLE",
     "DEFAULT_STREAM",
@@ -808,8 +809,8 @@ class IngestWorker:
                 await self._handle(messages)
         finally:
             self.state = BusState.STOPPED
-            counts = self.manager.get_stats()  # once, not per batch: it reads the database's last id
-            self.stats.stored, self.stats.duplicates = counts["total_stored"], counts["duplicates"]
+            counts = self.manager.stats()
+            self.stats.stored, self.stats.duplicates = counts.total_stored, counts.duplicates
             with contextlib.suppress(Exception):  # the acks go out before the connection closes
                 await nc.flush(timeout=2)
             with contextlib.suppress(Exception):

@@ -12,6 +12,7 @@
  *   'W' write     i64 offset, u32 length, bytes      'T' truncate / 'X' allocate   i64 size
  *   'S' fsync / fdatasync returned                   'M' mmap  i32 prot, i32 flags, i64 offset, i64 length
  *   'U' unlink    u32 length, path                   'R' rename  u32 length, old, u32 length, new
+ *   'L' link      u32 length, old, u32 length, new (a second name for the same file)
  *   'A' mark      u32 length, bytes                  'E' error   u32 length, message
  * One mutex orders all of them: a change is logged before it is made (a cut may then keep a
  * change the kill prevented or cut short, which a cut a moment later would have kept too; the
@@ -446,7 +447,7 @@ int unlinkat(int dirfd, const char *path, int flags) {
     return rc;
 }
 
-static void renamed(int olddir, const char *old, int newdir, const char *new) {
+static void named(char kind, int olddir, const char *old, int newdir, const char *new) {
     char a[PATH_MAX], b[PATH_MAX];
     if (journal < 0 || absolute(olddir, old, a) != 0 || absolute(newdir, new, b) != 0) return;
     if (!is_watched(a) && !is_watched(b)) return;
@@ -454,7 +455,31 @@ static void renamed(int olddir, const char *old, int newdir, const char *new) {
     char head[4 + PATH_MAX];
     memcpy(head, &alen, 4);
     memcpy(head + 4, a, alen);
-    emit('R', -1, head, 4 + alen, &blen, 4, b, blen);
+    emit(kind, -1, head, 4 + alen, &blen, 4, b, blen);
+}
+
+static void renamed(int olddir, const char *old, int newdir, const char *new) { named('R', olddir, old, newdir, new); }
+
+int link(const char *old, const char *new) {
+    REAL(int, link, const char *, const char *);
+    pthread_mutex_lock(&lock);
+    int rc = real_link(old, new);
+    int saved = errno;
+    if (rc == 0) named('L', AT_FDCWD, old, AT_FDCWD, new);
+    pthread_mutex_unlock(&lock);
+    errno = saved;
+    return rc;
+}
+
+int linkat(int olddir, const char *old, int newdir, const char *new, int flags) {
+    REAL(int, linkat, int, const char *, int, const char *, int);
+    pthread_mutex_lock(&lock);
+    int rc = real_linkat(olddir, old, newdir, new, flags);
+    int saved = errno;
+    if (rc == 0) named('L', olddir, old, newdir, new);
+    pthread_mutex_unlock(&lock);
+    errno = saved;
+    return rc;
 }
 
 int rename(const char *old, const char *new) {

@@ -1,7 +1,8 @@
 """7. Concurrency: one writer process with 8 producer threads, retention and vacuum running, while
 other processes run the CLI and the dashboard's reads, for minutes (~20 s in CI): no caller ever
 sees "database is locked" (or any error), the WAL stays bounded, the file is sound at the end,
-every acknowledged event is stored, and a second writer process is refused while the first runs."""
+every acknowledged event is stored, and second writer processes (a manager, `celflow run`) write beside
+the first without an error."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ MiB = 1024 * 1024
 
 
 soak = load_helper("load_soak")
+HOLD_EVENTS = load_helper("durability_worker").HOLD_EVENTS
 
 SECONDS = trials(20, 300)
 RATE = 400  # events per second per producer thread: 3,200/s in all, a steady load, not an overload
@@ -124,15 +126,16 @@ def inspect(db_path: Path) -> tuple[str, dict[str, list[int]], int]:
 
 
 def second_writers(db_path: Path, cwd: Path) -> list[tuple[str, int | None, str]]:
-    """Try to become the database's writer from two other processes, a manager and `celflow run`:
-    ``(name, exit status or None if it was still running after 30 s, stderr)`` of each."""
+    """Write the same database from two more processes meanwhile, a manager (it stores its events and
+    stops) and `celflow run` (stopped with SIGTERM after a few seconds): ``(name, exit status or None
+    if it was still running after 60 s, stderr)`` of each."""
     attempts = [
         ("manager", [sys.executable, str(HELPERS / "durability_worker.py"), "hold-manager", str(db_path)]),
         ("celflow run", [CELFLOW, "run", "--db", str(db_path), "--no-fs", "--no-processes", "--no-http"]),
     ]
     outcomes: list[tuple[str, int | None, str]] = []
     for name, argv in attempts:
-        # stdin at EOF: a holder that did start (it must not) stops at once instead of waiting for it
+        # stdin at EOF: the manager stops once its events are stored
         with subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
@@ -142,8 +145,13 @@ def second_writers(db_path: Path, cwd: Path) -> list[tuple[str, int | None, str]
             cwd=cwd,
             env=child_env(),
         ) as proc:
+            if name == "celflow run":
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=3)  # it runs (it must): then a clean stop
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
             try:
-                _, err = proc.communicate(timeout=30)
+                _, err = proc.communicate(timeout=60)
                 outcomes.append((name, proc.returncode, err))
             except subprocess.TimeoutExpired:
                 proc.kill()
@@ -182,7 +190,7 @@ def test_soak_writer_readers_and_maintenance_never_see_a_locked_database(tmp_pat
             env=child_env(),
         )
         time.sleep(SECONDS / 2)
-        refused = second_writers(db_path, tmp_path)
+        others = second_writers(db_path, tmp_path)
         dash_out, dash_err = dashboard.communicate(timeout=SECONDS + 120)
         cli.stop.set()
         cli.join(timeout=150)
@@ -202,6 +210,11 @@ def test_soak_writer_readers_and_maintenance_never_see_a_locked_database(tmp_pat
     assert dashboard is not None
     dash: dict[str, Any] = json.loads(dash_out) if dashboard.returncode == 0 else {"snapshots": 0, "errors": [dash_err]}
     integrity, numbers, old_left = inspect(db_path)
+    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        held = conn.execute("SELECT count(*) FROM events WHERE event_type = 'durability'").fetchone()[0]
+    finally:
+        conn.close()
     acked = acknowledged(ack_log)
     # recent events only: the old ones are acknowledged too, and then removed by retention
     missing = {
@@ -216,7 +229,7 @@ def test_soak_writer_readers_and_maintenance_never_see_a_locked_database(tmp_pat
         + dash["errors"]
         + [f"{s}: {m} acknowledged events missing" for s, m in missing.items() if m]
         + [f"{s}: {t} events stored twice" for s, t in twice.items()]
-        + [f"{name} was not refused: exit {code}" for name, code, _ in refused if code in (0, None)]
+        + [f"the second writer {name} failed: exit {code}" for name, code, _ in others if code != 0]
         + ([f"WAL reached {wal.largest / MiB:.1f} MiB"] if wal.largest > WAL_BOUND else [])
         + ([integrity] if integrity != "ok" else [])
     )
@@ -238,9 +251,10 @@ def test_soak_writer_readers_and_maintenance_never_see_a_locked_database(tmp_pat
     assert not twice, twice
     assert old_left == 0, f"{old_left} events older than the retention period are still stored"
     assert wal.largest <= WAL_BOUND, f"the WAL reached {wal.largest / MiB:.1f} MiB (bound {WAL_BOUND / MiB:.0f} MiB)"
-    for name, code, err in refused:
-        assert code not in (0, None), f"a second writer ({name}) started while the first was writing"
-        assert "is already being written by another process" in err, (name, err[-2000:])
+    for name, code, err in others:
+        assert code == 0, f"a second writer ({name}) failed beside the first: exit {code}\n{err[-2000:]}"
+        assert "Traceback" not in err and "locked" not in err, (name, err[-2000:])
+    assert held == HOLD_EVENTS, f"the second writer's manager stored {held} of its {HOLD_EVENTS} events"
     # the soak did what it says: readers ran throughout, retention and vacuum had work
     assert cli.runs >= len(CLI_COMMANDS) and dash["snapshots"] >= 10 and wal.samples > 100
     assert summary["maintenance_runs"] >= 5 and summary["removed"] > 0

@@ -149,7 +149,7 @@ def read_journal(path: Path) -> list[Change]:
             n = int.from_bytes(buf[i : i + 4], "little")
             change.data, i = buf[i + 4 : i + 4 + n], i + 4 + n
             change.path = change.data.decode(errors="replace") if kind == "U" else ""
-        elif kind == "R":
+        elif kind in "RL":
             change.path, i = text(i)
             change.new_path, i = text(i)
         elif kind not in "CS":
@@ -290,6 +290,8 @@ class Disk:
                 self.names.pop(self._name(change.path), None)
             elif kind == "R":
                 self.names[self._name(change.new_path)] = self.names.pop(self._name(change.path))
+            elif kind == "L":  # a second name for the same file (a new database is linked into place)
+                self.names[self._name(change.new_path)] = self.names[self._name(change.path)]
             elif kind == "A":
                 first, last = map(int, change.data.split())
                 self.acks.append((change.ns, first, last))

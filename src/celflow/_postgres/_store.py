@@ -600,7 +600,7 @@ class PostgresStore(SQLReads):
             ids = self._resolve_ids(conn, rows, new) if want_ids else None
         self._known_days |= days
         self._mostly_duplicates = len(new) * 2 < len(rows)
-        return InsertResult(ids, len(new), len(rows) - len(new))
+        return InsertResult(ids, len(new), len(rows) - len(new), max((r[0] for r in new), default=0))
 
     @staticmethod
     def _recount(conn: Any, counted: Sequence[Row], new: list[Any]) -> None:

@@ -13,7 +13,7 @@ from .._location import Location
 from .._storage import Durability
 from . import _care
 from ._care import CheckReport, RecoverReport, preflight
-from ._lock import WriterLock
+from ._lock import DatabaseLock
 from ._store import MMAP_SIZE, SQLiteStore, translate
 
 __all__ = [
@@ -34,24 +34,15 @@ __all__ = [
 def open_store(location: Location, *, readonly: bool, durability: Durability, check: bool) -> SQLiteStore:
     """Open (or create) the file; ``check`` refuses a damaged one before anything writes to it."""
     path = location.path
-    if readonly or not check:
+    if readonly or not check or not os.path.isfile(path):  # a new file has nothing to check
         return SQLiteStore(path, readonly=readonly, durability=durability)
     # A read-write connection may checkpoint the WAL into a damaged file when it closes: check
-    # first, under the lock, so no other writer changes the WAL meanwhile.
-    lock = WriterLock(path)
-    if os.path.exists(path):
-        lock.acquire()
-    try:
-        preflight(path, durability=durability)
-        store = SQLiteStore(path, durability=durability)
-        try:
-            store.acquire_writer()
-        except BaseException:
-            store.close()
-            raise
-    finally:
-        lock.release()  # the store holds it now
-    return store
+    # first, alone, so no writer changes the WAL meanwhile. With writers at work the file is in use
+    # (each of them opened it so), and the check is theirs to have made.
+    with DatabaseLock(path).alone() as alone:
+        if alone:
+            preflight(path, durability=durability)
+        return SQLiteStore(path, durability=durability)
 
 
 def check(location: Location, *, full: bool) -> CheckReport:

@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from .._encoding import decode_data
-from .._exceptions import CorruptDatabaseError, DatabaseNotFoundError
+from .._exceptions import CorruptDatabaseError, DatabaseNotFoundError, WriterBusyError
 from .._files import writable_target
-from ._lock import WriterLock
+from ._lock import DatabaseLock
 from ._schema import APPLICATION_ID, SCHEMA_VERSION, rebuild_counts
-from ._store import SQLiteStore, translate
+from ._store import BUSY_TIMEOUT_MS, SQLiteStore, translate
 from ._wal import inspect_wal, rechain_wal
 
 log = logging.getLogger("celflow.care")
@@ -142,26 +142,24 @@ def check_database(path: str | os.PathLike[str], *, full: bool = False) -> Check
 
 
 def vacuum_database(path: str | os.PathLike[str]) -> tuple[float, float]:
-    """Rebuild the file without free pages (needs the writer lock: stop ``celflow run`` first).
+    """Rebuild the file without free pages; writers may go on (they wait for SQLite's write lock
+    while it runs, and it waits for theirs).
 
     Returns the size in MB before and after.
     """
     path = _existing(path)
     before = _size_mb(path) + _size_mb(path + "-wal")
-    lock = WriterLock(path)
-    lock.acquire()
     try:
+        conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
         try:
-            conn = sqlite3.connect(path, isolation_level=None)
-            try:
-                conn.execute("VACUUM")
-                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            finally:
-                conn.close()
-        except sqlite3.Error as exc:
-            raise translate(exc, path) from None
-    finally:
-        lock.release()
+            conn.execute("VACUUM")
+            # Give the WAL's space back too; with readers or writers at work it cannot always be
+            # emptied (it then shrinks at a later checkpoint).
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise translate(exc, path) from None
     return before, _size_mb(path) + _size_mb(path + "-wal")
 
 
@@ -294,7 +292,7 @@ def recover_database(path: str | os.PathLike[str]) -> RecoverReport:
     """Save what can be read from a damaged database into a new one at the same path.
 
     The damaged file (and its WAL) is moved aside as ``<name>.damaged-<time>``, never deleted.
-    Needs the writer lock: stop ``celflow run`` first.
+    Needs the file alone: stop ``celflow run`` and every other writer first (:class:`WriterBusyError`).
     """
     path = _existing(path)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -304,8 +302,17 @@ def recover_database(path: str | os.PathLike[str]) -> RecoverReport:
         n += 1
         aside = f"{path}.damaged-{stamp}-{n}"
     report = RecoverReport(path, damaged_copy=aside)
-    lock = WriterLock(path)
-    lock.acquire()
+    with DatabaseLock(path).alone() as alone:
+        if not alone:
+            raise WriterBusyError(
+                f"{path} is open for writing in another process (or this one): stop `celflow run` and every "
+                "other writer of it first; a recovery moves the file aside"
+            )
+        _recover(path, report)
+    return report
+
+
+def _recover(path: str, report: RecoverReport) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     fd, work = tempfile.mkstemp(prefix=".damaged-copy.", suffix=".db", dir=folder)  # read a copy: never the file
     os.close(fd)
@@ -344,8 +351,6 @@ def recover_database(path: str | os.PathLike[str]) -> RecoverReport:
         for leftover in (work, work + "-wal", work + "-shm", work + "-journal"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(leftover)
-        lock.release()
-    return report
 
 
 def _write_recovered(

@@ -114,10 +114,17 @@ MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _to_v1, 2: _to
 
 
 def migrate(conn: sqlite3.Connection, current: int) -> None:
-    """Bring a database from ``current`` to :data:`SCHEMA_VERSION`, one transaction per step."""
+    """Bring a database from ``current`` to :data:`SCHEMA_VERSION`, one transaction per step.
+
+    Each step looks at the version again once it holds the write lock: another process opening
+    the same file may have taken it there meanwhile.
+    """
     for version in range(current + 1, SCHEMA_VERSION + 1):
         conn.execute("BEGIN IMMEDIATE")
         try:
+            if conn.execute("PRAGMA user_version").fetchone()[0] >= version:
+                conn.execute("COMMIT")
+                continue
             MIGRATIONS[version](conn)
             conn.execute(f"PRAGMA user_version = {int(version)}")
             conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")

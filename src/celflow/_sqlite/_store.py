@@ -8,6 +8,7 @@ import itertools
 import logging
 import os
 import sqlite3
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -28,8 +29,8 @@ from .._exceptions import (
 from .._files import ensure_private_dir
 from .._sql import SQLReads, like_pattern
 from .._types import EventQuery, InsertResult, StoredEvent
-from . import _schema
-from ._lock import WriterLock
+from ._lock import DatabaseLock
+from ._schema import APPLICATION_ID, COUNT_NEW_EVENTS, SCHEMA_VERSION, migrate, rebuild_counts
 
 __all__ = ["SQLiteStore", "translate"]
 
@@ -38,7 +39,9 @@ log = logging.getLogger("celflow.storage")
 Durability = Literal["normal", "full"]
 
 MMAP_SIZE = 256 * 1024 * 1024  # the seed's 256 MB memory map
-BUSY_TIMEOUT_MS = 30_000
+#: How long a write waits for another connection's transaction (another process's batch, a retention step, a
+#: `celflow db vacuum`) before it fails with OperationalError (the batching writer then retries).
+BUSY_TIMEOUT_MS = 60_000
 _SQLITE_HEADER = b"SQLite format 3\x00"
 
 #: The naive one-row insert (``executemany``); the benchmark's baseline uses it.
@@ -178,11 +181,42 @@ def _inspect_existing(path: str) -> None:
         )
 
 
-def _create_private(path: str) -> None:
-    ensure_private_dir(os.path.dirname(os.path.abspath(path)))
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    os.fchmod(fd, 0o600)
+def _create_new(path: str) -> None:
+    """Create a CelFlow database at ``path`` whole, or not at all: built under a private temporary
+    name, then linked into place. A reader never sees a half-made file, and of two processes
+    creating it at once, one file wins and both use it."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".new", dir=folder)  # 0600
     os.close(fd)
+    try:
+        try:
+            conn = sqlite3.connect(tmp, isolation_level=None)
+            try:
+                conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # before the first table
+                migrate(conn, 0)
+                conn.execute("PRAGMA journal_mode = WAL")  # kept in the file's header
+            finally:
+                conn.close()  # the last connection: the WAL is checkpointed into the file and removed
+        except sqlite3.Error as exc:
+            raise translate(exc, path) from None
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)  # fails if the name exists: never over another process's new file
+        except FileExistsError:
+            pass
+        except OSError:  # a file system without hard links: a rename, unless the name appeared meanwhile
+            if not os.path.exists(path):
+                os.rename(tmp, path)
+        dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    finally:
+        for leftover in (tmp, tmp + "-wal", tmp + "-shm", tmp + "-journal"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(leftover)
 
 
 class SQLiteStore(SQLReads):
@@ -222,7 +256,7 @@ class SQLiteStore(SQLReads):
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
         self._write_lock = threading.Lock()
-        self._writer_lock = WriterLock(self.path)
+        self._lock = DatabaseLock(self.path)  # held shared while writable: no exclusive step meanwhile
         self._closed = False
         self._disk_was_full = False  # the last write failed for want of space: make room before the next
         self._rows_per_statement = _MAX_ROWS_PER_STATEMENT
@@ -231,19 +265,20 @@ class SQLiteStore(SQLReads):
     # -- opening -------------------------------------------------------------------------------
 
     def _open(self) -> None:
-        exists = os.path.exists(self.path)
-        if exists and os.path.isdir(self.path):
+        if os.path.isdir(self.path):
             raise NotACelflowDatabaseError(f"{self.path} is a folder; give the path of a database file")
-        if not exists:
-            if self.readonly:
-                raise DatabaseNotFoundError(
-                    f"no CelFlow database at {self.path}: start `celflow run` to create one, "
-                    "or pass --db with the path of an existing database"
-                )
-            _create_private(self.path)
-        else:
-            _inspect_existing(self.path)
+        if self.readonly and not os.path.exists(self.path):
+            raise DatabaseNotFoundError(
+                f"no CelFlow database at {self.path}: start `celflow run` to create one, "
+                "or pass --db with the path of an existing database"
+            )
         try:
+            if os.path.exists(self.path):
+                _inspect_existing(self.path)  # a file that is not SQLite is refused before anything is made
+            else:
+                ensure_private_dir(os.path.dirname(os.path.abspath(self.path)))
+                self._lock.share()
+                _create_new(self.path)
             self._check_and_migrate(self._connection())
         except BaseException:
             self.close()
@@ -258,29 +293,30 @@ class SQLiteStore(SQLReads):
             raise NotACelflowDatabaseError(
                 f"{self.path} cannot be read as an SQLite database ({exc}); it was not modified"
             ) from None
-        if app_id != _schema.APPLICATION_ID and tables:
+        if app_id != APPLICATION_ID and tables:
             raise NotACelflowDatabaseError(
                 f"{self.path} is an SQLite database but not a CelFlow one (application_id "
                 f"{app_id:#x}); it was not modified. Use a new path for CelFlow's events."
             )
-        if version > _schema.SCHEMA_VERSION:
+        if version > SCHEMA_VERSION:
             raise SchemaVersionError(
                 f"{self.path} was written by a newer CelFlow (schema version {version}; this "
-                f"version understands up to {_schema.SCHEMA_VERSION}). Upgrade CelFlow to open it."
+                f"version understands up to {SCHEMA_VERSION}). Upgrade CelFlow to open it."
             )
-        if version < _schema.SCHEMA_VERSION:
+        if not self.readonly:
+            self._lock.share()  # CelFlow's file: from now on no step of another process takes it alone
+        if version < SCHEMA_VERSION:
             if self.readonly:
                 raise SchemaVersionError(
                     f"{self.path} has schema version {version} and needs a migration to "
-                    f"{_schema.SCHEMA_VERSION}; open it once for writing (e.g. `celflow run`)."
+                    f"{SCHEMA_VERSION}; open it once for writing (e.g. `celflow run`)."
                 )
-            self._writer_lock.acquire()
             with self._translate():
-                if tables == 0:
+                if tables == 0:  # an empty file (made by hand): CelFlow's settings before its first table
                     conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
                     conn.execute("PRAGMA journal_mode = WAL")
                 with self._write_lock:
-                    _schema.migrate(conn, version)
+                    migrate(conn, version)
 
     def _connection(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -339,7 +375,6 @@ class SQLiteStore(SQLReads):
         if self.readonly:
             raise PersistenceError(f"{self.path} was opened read-only")
         conn = self._connection()
-        self._writer_lock.acquire()
         with self._write_lock, self._translate(), self._distrusting(conn):
             if self._disk_was_full:
                 self._make_room(conn)
@@ -421,10 +456,6 @@ class SQLiteStore(SQLReads):
 
     # -- the storage contract ------------------------------------------------------------------
 
-    def acquire_writer(self) -> None:
-        """Take the writer lock now (a manager does, so a second writer fails at start)."""
-        self._writer_lock.acquire()
-
     def insert_events(self, rows: Sequence[Row], *, want_ids: bool = True) -> InsertResult:
         """Insert prepared rows in one transaction; duplicates are ignored and counted."""
         if not rows:
@@ -442,10 +473,12 @@ class SQLiteStore(SQLReads):
                 conn.execute(_insert_sql(size), params)
                 start += size
             inserted = conn.total_changes - before
+            last_id = 0
             if inserted:
-                conn.execute(_schema.COUNT_NEW_EVENTS, (first_new - 1,))
+                conn.execute(COUNT_NEW_EVENTS, (first_new - 1,))
+                last_id = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()[0]
             ids = self._resolve_ids(conn, rows, inserted, first_new) if want_ids else None
-        return InsertResult(ids, inserted, len(rows) - inserted)
+        return InsertResult(ids, inserted, len(rows) - inserted, last_id)
 
     @staticmethod
     def _resolve_ids(conn: sqlite3.Connection, rows: Sequence[Row], inserted: int, first_new: int) -> list[int]:
@@ -480,7 +513,7 @@ class SQLiteStore(SQLReads):
     def rebuild_counts(self) -> None:
         """Recount the per-minute counters from the events (after rows were added by hand)."""
         with self.transaction() as conn:
-            _schema.rebuild_counts(conn)
+            rebuild_counts(conn)
 
     def delete_before(self, cutoff: float, *, limit: int | None = None) -> int:
         """Delete events older than ``cutoff`` (at most ``limit`` of the oldest); return how many."""
@@ -498,7 +531,6 @@ class SQLiteStore(SQLReads):
     def maintain(self, *, vacuum_pages: int = 500) -> int:
         """Reclaim up to ``vacuum_pages`` free pages (a short step); return the free pages left."""
         conn = self._connection()
-        self._writer_lock.acquire()
         with self._write_lock, self._translate(), self._distrusting(conn):
             # executescript steps the pragma to the end; execute() would free a single page.
             conn.executescript(f"PRAGMA incremental_vacuum({int(vacuum_pages)});")
@@ -521,7 +553,7 @@ class SQLiteStore(SQLReads):
         freelist = self._read("PRAGMA freelist_count")[0][0]
         return {
             "database_path": self.path,
-            "schema_version": _schema.SCHEMA_VERSION,
+            "schema_version": SCHEMA_VERSION,
             "total_events": sum(by_type.values()),
             "oldest_event": oldest,
             "newest_event": newest,
@@ -581,7 +613,7 @@ class SQLiteStore(SQLReads):
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
         self._local = threading.local()
-        self._writer_lock.release()
+        self._lock.release()
 
     @property
     def closed(self) -> bool:

@@ -1,4 +1,4 @@
-"""The HTTP API (``/api/v1``), ``/health`` and ``/metrics``, as a Starlette app over a running manager."""
+"""The HTTP API (``/api/v1``), ``/health`` and ``/metrics``, as a Starlette app over a running sink."""
 
 from __future__ import annotations
 
@@ -25,7 +25,6 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from .._config import HttpConfig
 from .._database import EventDatabase, make_query
-from .._encoding import prepare_each
 from .._exceptions import (
     BusError,
     CelflowError,
@@ -36,8 +35,7 @@ from .._exceptions import (
     ValidationError,
 )
 from .._export import CSV_COLUMNS, _csv_row
-from .._forwarder import BusForwarder
-from .._manager import EventPersistenceManager
+from .._sink import Sink
 from .._types import StoredEvent
 from ._guard import Guard
 from ._metrics import Metrics
@@ -47,10 +45,9 @@ from ._stream import CommitSignal, follow, page_query
 __all__ = ["create_app"]
 
 T = TypeVar("T")
-#: What the API serves: a persistence manager, or (``celflow run --publish``) the bus forwarder.
-Sink = EventPersistenceManager | BusForwarder
-#: Seconds between reads of a live stream on a store that other processes also write.
-SHARED_POLL = 1.0
+#: Seconds between reads of a live stream without a commit of this process: other processes (a
+#: second writer, `celflow events import`, the ingest workers) may write the same store.
+STREAM_POLL = 1.0
 API = "/api/v1"
 MAX_PAGE = 10_000
 NDJSON_TYPES = frozenset({"application/x-ndjson", "application/jsonl", "application/x-jsonlines"})
@@ -75,12 +72,10 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
 
 
 class Api:
-    """The request handlers; one instance per app, bound to one running manager."""
+    """The request handlers; one instance per app, bound to one running sink."""
 
-    def __init__(self, manager: Sink, settings: HttpConfig, metrics: Metrics) -> None:
-        self.manager = manager
-        #: Other processes write the same store (ingest workers into PostgreSQL): streams also poll.
-        self.poll = SHARED_POLL if isinstance(manager, BusForwarder) or not manager.location.is_sqlite else None
+    def __init__(self, sink: Sink, settings: HttpConfig, metrics: Metrics) -> None:
+        self.sink = sink
         self.settings = settings
         self.metrics = metrics
         self.signal = CommitSignal()
@@ -99,10 +94,7 @@ class Api:
 
     @property
     def database(self) -> EventDatabase:
-        database = self.manager.database
-        if database is None:
-            raise ManagerStateError("the persistence manager is not running")
-        return database
+        return self.sink.reader()
 
     async def read(self, endpoint: str, fn: Callable[[], T]) -> T:
         """Run a database read on a worker thread, under the query time limit, timed for /metrics."""
@@ -192,16 +184,16 @@ class Api:
     async def health(self, request: Request) -> Response:
         """``ok`` (200); ``degraded`` (503) while the writer retries a failed batch: events are still queued
         up to max_queue_size but nothing is written (last_error says why); ``unhealthy`` (503) when stopped."""
-        stats = self.manager.get_stats()
-        healthy = bool(stats["healthy"])
-        running = stats["state"] == "running"
+        stats = self.sink.stats()
+        healthy = stats.healthy
+        running = stats.state == "running"
         content = {
             "status": "ok" if healthy else "degraded" if running else "unhealthy",
-            "state": stats["state"],
+            "state": stats.state,
             "writer_healthy": healthy,
-            "queue_size": stats["queue_size"],
-            "max_queue_size": stats["max_queue_size"],
-            "last_error": stats["last_error"],
+            "queue_size": stats.queue_size,
+            "max_queue_size": stats.max_queue_size,
+            "last_error": stats.last_error,
         }
         return json_response(content, 200 if healthy else 503)
 
@@ -210,35 +202,27 @@ class Api:
         wait = request.query_params.get("wait", "false").lower() in ("1", "true", "yes", "committed")
         body = await self.body(request)
 
-        # which events have rows: only the bus needs it (for their idempotency keys)
-        kept: list[int] | None = [] if isinstance(self.manager, BusForwarder) else None
-
-        def parse() -> tuple[list[Any], Any, Any]:
-            events = self.events_of(request, body)
-            return (events, *prepare_each(events, self.manager.options, kept=kept))
+        def parse() -> Any:
+            return self.sink.prepare(self.events_of(request, body))
 
         # Parsing and encoding a large body would stall every other request and stream.
-        events, rows, errors = parse() if len(body) < 65536 else await asyncio.to_thread(parse)
-        if errors:
-            listed = [{"index": e.index, "field": e.field, "message": str(e)} for e in errors[:100]]
+        prepared = parse() if len(body) < 65536 else await asyncio.to_thread(parse)
+        if prepared.errors:
+            listed = [{"index": e.index, "field": e.field, "message": str(e)} for e in prepared.errors[:100]]
             raise ApiError(
                 422,
-                f"{len(errors)} of {len(events)} events are invalid; nothing was stored",
+                f"{len(prepared.errors)} of {prepared.received} events are invalid; nothing was stored",
                 errors=listed,
             )
-        self.metrics.received.inc(len(rows))
-        if isinstance(self.manager, BusForwarder):  # the bus carries idempotency keys, not hashes
-            keys = [events[i].get("idempotency_key") for i in kept or ()]
-            if wait:  # 201 once JetStream acknowledged them; the store gives ids when a worker stores them
-                await self.manager.store_rows(rows, keys=keys)
-                return json_response({"accepted": len(rows), "ids": [], "published": True}, 201)
-            self.manager.queue_rows(rows, keys=keys)
-            return json_response({"accepted": len(rows)}, 202)
-        if wait:
-            ids = await self.manager.store_rows(rows, overflow="raise")
-            return json_response({"accepted": len(rows), "ids": ids}, 201)
-        self.manager.queue_rows(rows, overflow="raise")
-        return json_response({"accepted": len(rows)}, 202)
+        accepted = len(prepared.rows)
+        self.metrics.received.inc(accepted)
+        if not wait:
+            self.sink.offer(prepared)
+            return json_response({"accepted": accepted}, 202)
+        ids = await self.sink.commit(prepared)
+        if ids is None:  # acknowledged by the bus: the store gives ids when a worker stores them
+            return json_response({"accepted": accepted, "ids": [], "published": True}, 201)
+        return json_response({"accepted": accepted, "ids": ids}, 201)
 
     async def list_events(self, request: Request) -> Response:
         query = self.query_of(request)
@@ -304,7 +288,7 @@ class Api:
         async def read(after_id: int) -> tuple[list[StoredEvent], int]:
             return await self.read("stream", lambda: page(after_id))
 
-        return after, follow(read, after, self.signal, closed, poll=self.poll)
+        return after, follow(read, after, self.signal, closed, poll=STREAM_POLL)
 
     async def stream_ws(self, websocket: WebSocket) -> None:
         """WebSocket: ``{"last_id": n}`` first, then ``{"events": [...], "last_id": n}`` messages."""
@@ -466,17 +450,17 @@ class Api:
 
     async def flush(self, request: Request) -> Response:
         """Answer once everything queued before this request is committed."""
-        await self.manager.flush()
+        await self.sink.flush()
         return json_response({"flushed": True})
 
     async def stats(self, request: Request) -> Response:
-        return json_response(self.manager.get_stats())
+        return json_response(self.sink.stats().to_dict())
 
     async def openapi_json(self, request: Request) -> Response:
         return json_response(self.openapi)
 
     async def metrics_text(self, request: Request) -> Response:
-        body, media = self.metrics.render(self.manager)
+        body, media = self.metrics.render(self.sink)
         return Response(body, media_type=media)
 
 
@@ -563,16 +547,17 @@ def _status_of(exc: CelflowError) -> tuple[int, dict[str, str]]:
 
 
 def create_app(
-    manager: Sink,
+    sink: Sink,
     settings: HttpConfig | None = None,
     *,
     token: str | None = None,
 ) -> Starlette:
-    """The ASGI app over a running ``manager``; with a ``token``, all but /health require it."""
+    """The ASGI app over a running ``sink`` (a manager, or the bus forwarder); with a ``token``, all but
+    /health require it."""
     settings = settings or HttpConfig()
     metrics = Metrics()
-    api = Api(manager, settings, metrics)
-    manager.add_batch_observer(api.on_batch)
+    api = Api(sink, settings, metrics)
+    sink.add_batch_observer(api.on_batch)
 
     async def on_api_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)

@@ -35,6 +35,7 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests bench tools app celflow.py
 	$(BIN)/ruff format --check src tests bench tools app celflow.py
 	$(BIN)/mypy
+	cd src && PYTHONPATH=$(CURDIR)/tools $(CURDIR)/$(BIN)/lint-imports --no-cache $(CURDIR)/pyproject.toml
 
 format: $(VENV)/.installed-test
 	$(BIN)/ruff format src tests bench tools app celflow.py

@@ -7,59 +7,25 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import click
 from rich.console import Console
 
 from .. import __version__
-from .._config import Config, load_config
 from .._exceptions import CelflowError
-from .._location import Location, parse_location
+from ._common import State
+from .config import config
+from .dashboard import dashboard
+from .db import db
+from .events import events
+from .migrate import migrate
+from .run import run
+from .worker import ingest_worker
 
-__all__ = ["State", "cli", "data_folder", "database_location", "db_option", "main", "when"]
+__all__ = ["cli", "main"]
 
 err_console = Console(stderr=True, highlight=False)
-
-
-class State:
-    """What the group passes to its subcommands: the config file to read, loaded lazily."""
-
-    def __init__(self, config_path: Path | None) -> None:
-        self.config_path = config_path
-
-    def load(self, overrides: dict[str, Any] | None = None) -> tuple[Config, dict[str, str]]:
-        """The effective configuration (defaults < file < env < flags)."""
-        return load_config(self.config_path, overrides={k: v for k, v in (overrides or {}).items() if v is not None})
-
-
-def database_location(state: State, db: str | None) -> Location:
-    """``--db``, else ``persistence.database_url``, else ``persistence.database_path``, parsed once."""
-    if db is not None:
-        return parse_location(db)
-    return state.load()[0].persistence.location
-
-
-def data_folder(state: State, location: Location) -> Path:
-    """The data folder (token, log, service.json): the database file's, or database_path's for a URL."""
-    if location.is_sqlite:
-        return Path(location.path).parent
-    return Path(state.load()[0].persistence.data_dir)
-
-
-def when(ts: float | None) -> str:
-    """A timestamp as local time for a table, ``-`` for none."""
-    return "-" if ts is None else datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
-
-
-#: ``--db`` of every command that opens the database: a plain string, so a URL stays as written.
-db_option = click.option(
-    "--db",
-    metavar="PATH_OR_URL",
-    help="Database file or postgresql:// URL (default: persistence.database_url, else persistence.database_path).",
-)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -77,20 +43,8 @@ def cli(ctx: click.Context, config_path: Path | None) -> None:
     ctx.obj = State(config_path)
 
 
-def _register() -> None:
-    from .config import config
-    from .dashboard import dashboard
-    from .db import db
-    from .events import events
-    from .migrate import migrate
-    from .run import run
-    from .worker import ingest_worker
-
-    for command in (run, events, db, config, dashboard, migrate, ingest_worker):
-        cli.add_command(command)
-
-
-_register()
+for _command in (run, events, db, config, dashboard, migrate, ingest_worker):
+    cli.add_command(_command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from .._config import config_items
 from .._location import mask_url
-from . import State
+from ._common import State
 
 __all__ = ["config"]
 

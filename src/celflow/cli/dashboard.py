@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from . import State, data_folder, database_location, db_option
+from ._common import State, data_folder, database_location, db_option
 
 __all__ = ["dashboard"]
 

@@ -12,7 +12,7 @@ from rich.markup import escape
 
 from .._care import backup_database, check_database, doctor, recover_database, vacuum_database
 from .._storage import HealthReport
-from . import State, database_location, db_option
+from ._common import State, database_location, db_option
 
 __all__ = ["db"]
 

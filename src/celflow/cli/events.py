@@ -21,7 +21,7 @@ from .._exceptions import ServiceError
 from .._export import EXPORT_FORMATS, IMPORT_FORMATS, export_events, import_events
 from .._location import Location
 from .._types import StoredEvent
-from . import State, data_folder, database_location, db_option, when
+from ._common import State, data_folder, database_location, db_option, when
 
 if TYPE_CHECKING:
     from ..client import Client

@@ -8,8 +8,7 @@ import click
 
 from .._exceptions import ConfigError
 from .._location import parse_location
-from .._service import run_service
-from . import State
+from ._common import State
 
 __all__ = ["run"]
 
@@ -68,4 +67,6 @@ def run(
     )
     if not settings.enable_persistence:
         raise ConfigError("persistence is switched off (enable_persistence = false): there is nothing to run")
+    from .._service import run_service  # the server and capture libraries load only for this command
+
     run_service(settings)

@@ -11,7 +11,7 @@ import orjson
 from rich.console import Console
 
 from .._location import Location
-from . import State, database_location
+from ._common import State, database_location
 
 __all__ = ["ingest_worker"]
 
@@ -94,8 +94,8 @@ def ingest_worker(
 
     Each message is acknowledged only after its events are committed, so a worker that dies
     loses nothing: its messages go to another worker after --ack-wait, and dedup keeps every
-    event once. Several workers may run on any machines; on SQLite only one writes at a time
-    (the others wait as standbys).
+    event once. Several workers may run on any machines, and store into the same database
+    (a SQLite file too).
     """
     from .._worker import run_ingest_worker
 

@@ -74,7 +74,6 @@ def full_counts(db: Path) -> tuple[str, collections.Counter[tuple[int, int]], in
 
 @pytest.mark.slow
 @pytest.mark.timeout(trials(300, 3600))
-@pytest.mark.xfail(reason="issue 14: one writer process per file: the others get WriterBusyError", strict=True)
 def test_two_writers_with_retention_and_vacuum_share_one_file(tmp_path: Path, record: Record) -> None:
     """Two writer processes, retention and vacuum on one file: every event once, counters exact, no caller error."""
     db = tmp_path / "events.db"

@@ -426,7 +426,7 @@ def test_status_paths_answer_while_postgresql_tables_are_locked(tmp_path: Path, 
 
 
 def test_the_import_contracts_hold() -> None:
-    """lint-imports keeps every contract of pyproject.toml: no import cycle, the layers, no backend above the library."""
+    """lint-imports keeps every contract of pyproject.toml: no import cycle, the layers, no backend up high."""
     root = Path(__file__).resolve().parents[1]
     lint = Path(sys.executable).parent / "lint-imports"
     result = subprocess.run(

@@ -6,6 +6,7 @@ The seed's API: :class:`EventDatabase` (synchronous) and :class:`EventPersistenc
 
 from importlib.metadata import PackageNotFoundError, version
 
+from ._backends import open_store
 from ._config import CaptureConfig, Config, LoggingConfig, PersistenceConfig, load_config, parse_config
 from ._database import EventDatabase
 from ._encoding import decode_data, prepare_event
@@ -29,7 +30,7 @@ from ._exceptions import (
     WriterBusyError,
 )
 from ._manager import EventPersistenceManager, ManagerState, create_event_persistence
-from ._storage import EventStore, open_store
+from ._storage import EventStore
 from ._types import EventPage, EventQuery, InsertResult, Pattern, StoredEvent, SystemStats
 
 try:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from ._backends import backend_for
 from ._location import Location, parse_location
-from ._storage import HealthReport, backend_for
+from ._storage import HealthReport
 
 __all__ = ["backup_database", "check_database", "doctor", "recover_database", "vacuum_database"]
 

@@ -9,12 +9,13 @@ from collections.abc import Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Literal
 
+from ._backends import open_store
 from ._config import PrivacyConfig
 from ._encoding import MAX_SEARCH_LENGTH, EncodingOptions, _check_text, parse_timestamp, prepare_batch, prepare_event
 from ._exceptions import ValidationError
 from ._location import Location, parse_location
 from ._privacy import PrivacyRules
-from ._storage import EventStore, open_store
+from ._storage import EventStore
 from ._types import EventPage, EventQuery, Pattern, StoredEvent, SystemStats
 
 __all__ = ["EventDatabase", "make_query"]

@@ -13,6 +13,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Se
 from types import TracebackType
 from typing import Any
 
+from ._backends import open_store
 from ._config import Config, PersistenceConfig, parse_config
 from ._database import EventDatabase
 from ._encoding import EncodingOptions, Row, prepare_batch, prepare_each, prepare_event
@@ -20,7 +21,6 @@ from ._exceptions import ManagerStateError, QueueFullError
 from ._location import Location
 from ._privacy import PrivacyRules
 from ._sink import DatabaseFigures, Prepared, SinkStats, read_figures
-from ._storage import open_store
 from ._writer import BatchWriter, Overflow
 
 __all__ = ["EventPersistenceManager", "ManagerState", "create_event_persistence"]

@@ -20,10 +20,11 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from ._backends import open_store
 from ._encoding import Row, _zstd_compressor, encode_data, prepare_event
 from ._exceptions import PersistenceError, ValidationError
 from ._location import Location, parse_location
-from ._storage import EventStore, open_store
+from ._storage import EventStore
 from ._types import EventQuery, Pattern, StoredEvent, SystemStats
 
 __all__ = ["MigrationReport", "migrate_history"]

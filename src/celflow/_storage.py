@@ -1,26 +1,23 @@
-"""The storage contract: what every backend provides to the layers above, and the factory that finds it.
+"""The storage contract: what every backend provides to the layers above (protocols only).
 
-Nothing above this module writes SQL or knows a backend. The contract is split by role, as
+Nothing above the backends writes SQL or knows one. The contract is split by role, as
 eventsourcing layers its recorders: a store that records events, reads them, counts them, looks
 after itself, and keeps patterns and system stats. :class:`EventStore` is all of them; the
 contract tests in ``tests/store_contract.py`` run against each backend.
 
 A backend is a package (``celflow._sqlite``, ``celflow._postgres``) with the functions of
-:class:`Backend`; :func:`backend_for` imports it by name when a location first needs it, so this
-module never imports one (and ``import celflow`` loads no database driver it does not use).
+:class:`Backend`; :mod:`celflow._backends` finds it for a location.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 from collections.abc import Sequence
-from typing import Any, Literal, Protocol, cast
+from typing import Any, Literal, Protocol
 
 from ._encoding import Row
-from ._location import Backend as BackendName
-from ._location import Location, parse_location
+from ._location import Location
 from ._types import EventQuery, InsertResult, Pattern, StoredEvent, SystemStats
 
 __all__ = [
@@ -34,8 +31,6 @@ __all__ = [
     "PatternRecorder",
     "StoreCare",
     "SystemStatsRecorder",
-    "backend_for",
-    "open_store",
 ]
 
 Durability = Literal["normal", "full"]
@@ -192,30 +187,3 @@ class Backend(Protocol):
 
     def recover(self, location: Location) -> Any:
         """Save what can be read from a damaged database into a new one; return a report."""
-
-
-#: The package of each backend, imported when a location first needs it.
-_BACKENDS: dict[BackendName, str] = {"sqlite": "._sqlite", "postgresql": "._postgres"}
-
-
-def backend_for(location: str | os.PathLike[str] | Location) -> Backend:
-    """The backend package of a location (imported now, by name)."""
-    name = parse_location(location).backend
-    return cast(Backend, importlib.import_module(_BACKENDS[name], __package__))
-
-
-def open_store(
-    location: str | os.PathLike[str] | Location,
-    *,
-    readonly: bool = False,
-    durability: Durability = "normal",
-    check: bool = False,
-) -> EventStore:
-    """Open the store a location names: a path or ``sqlite:///path`` is SQLite, a ``postgresql://``
-    (or ``postgres://``) URL is PostgreSQL; any other scheme is refused (:class:`~celflow.ConfigError`).
-
-    ``check``: run the backend's start-up check first (SQLite: the WAL chain and an integrity
-    check, refusing a damaged file before anything writes to it).
-    """
-    where = parse_location(location)
-    return backend_for(where).open_store(where, readonly=readonly, durability=durability, check=check)

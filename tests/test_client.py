@@ -172,6 +172,12 @@ def read_lines(process: subprocess.Popen[str], count: int, timeout: float = 15) 
     return got
 
 
+def interruptible() -> None:
+    """In the child: SIGINT as a terminal's Ctrl-C (a test run started in the background ignores it,
+    and a Python started with SIGINT ignored keeps ignoring it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_tail_follow_reads_the_database_without_a_service(tmp_path: Path) -> None:
     db = tmp_path / "events.db"
     with EventDatabase(db) as database:
@@ -180,6 +186,7 @@ def test_tail_follow_reads_the_database_without_a_service(tmp_path: Path) -> Non
             [CELFLOW_BIN, "events", "tail", "-n", "2", "-f", "--json", "--db", str(db)],
             stdout=subprocess.PIPE,
             text=True,
+            preexec_fn=interruptible,
         )
         try:
             assert [e["data"]["i"] for e in read_lines(tail, 2)] == [3, 4]
@@ -213,6 +220,7 @@ def test_tail_follow_uses_the_running_service(service: Service) -> None:
             ],
             stdout=subprocess.PIPE,
             text=True,
+            preexec_fn=interruptible,
         )
         try:
             assert [e["data"]["i"] for e in read_lines(tail, 1)] == [3]

@@ -18,8 +18,13 @@ from typing import Any
 
 from _util import DistinctCounter, MemorySampler, database_bytes, rss_anon_mib
 from celflow import create_event_persistence
-from celflow._sqlite import _schema
-from celflow._sqlite._store import _INSERT, MMAP_SIZE
+
+try:
+    from celflow._sqlite import _schema
+    from celflow._sqlite._store import _INSERT, MMAP_SIZE
+except ImportError:  # a tree before the backend packages (bench/ab.py runs this harness on an older one too)
+    from celflow import _schema  # type: ignore[attr-defined,no-redef]
+    from celflow._sqlite import _INSERT, MMAP_SIZE  # type: ignore[attr-defined,no-redef]
 from workload import encode_rows, generate, iter_events
 
 BATCH = 1000  # events per call (and per baseline transaction)

@@ -61,7 +61,8 @@ from _util import MemorySampler, percentile, remove_database, table
 from celflow import EventQuery, EventStore
 from celflow._encoding import Row, prepare_batch
 from celflow._migrate import migrate_history
-from celflow._postgres import _SEARCH_TEXT, DAY, PostgresStore
+from celflow._postgres import DAY, PostgresStore
+from celflow._postgres._store import _SEARCH_TEXT
 from celflow._sqlite import SQLiteStore
 from workload import EVENT_TYPES, RARE_WORD, SOURCES, SPAN_DAYS, iter_events
 

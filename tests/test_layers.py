@@ -18,6 +18,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +30,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+import celflow._manager
 from celflow import CelflowError, EventDatabase, EventPersistenceManager, create_event_persistence, decode_data
 from celflow.client import Client
 from conftest import make_event
@@ -72,7 +74,7 @@ def created(folder: Path) -> list[str]:
 
 def stored_data(db: Path) -> list[Any]:
     """The data of every stored event, read with plain sqlite3 (read-only)."""
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    conn = sqlite3.connect(db.resolve().as_uri() + "?mode=ro", uri=True)
     try:
         return [decode_data(text, blob) for text, blob in conn.execute("SELECT data_json, data_compressed FROM events")]
     finally:
@@ -258,6 +260,27 @@ def test_event_database_refuses_an_unknown_scheme_creating_nothing(
     assert not created(tmp_path)
 
 
+@pytest.mark.parametrize("location", ["postgres:/x", "mysql:/x", "file:x.db", "sqlite://x.db", "sqlite:///"])
+def test_a_malformed_url_is_refused_creating_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, location: str
+) -> None:
+    """A URL that is not one of the accepted forms (one slash, an unknown scheme) is refused, not taken as a path."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CelflowError, match=r"sqlite:///|postgres"):
+        EventDatabase(location).close()
+    assert not created(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["a?b.db", "x#y.db", "p%41.db", "events db.db"])
+def test_a_file_name_with_url_characters_is_that_file(tmp_path: Path, name: str) -> None:
+    """'?', '#', '%' and spaces in a file's name are part of the name: the events go into that very file."""
+    path = tmp_path / name
+    with EventDatabase(path) as database:
+        database.store_events_batch([make_event() for _ in range(3)])
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(("-wal", "-shm", ".lock"))) == [name]
+    assert len(stored_data(path)) == 3
+
+
 # -- 3. the seed's recipes while `celflow run` writes ------------------------------------------
 
 
@@ -345,6 +368,112 @@ def loaded_by(tmp_path: Path, code: str, names: tuple[str, ...]) -> list[str]:
     return loaded
 
 
+#: In another process: hold the file alone (as `celflow db recover` does), move it aside, put a new
+#: CelFlow database in its place, let go.
+_RECOVERY = """
+import os, sys, time
+from celflow import EventDatabase
+from celflow._sqlite._lock import DatabaseLock
+path = sys.argv[1]
+with DatabaseLock(path).alone() as alone:
+    assert alone
+    print("alone", flush=True)
+    time.sleep(float(sys.argv[2]))
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(path + suffix):
+            os.rename(path + suffix, path + ".aside" + suffix)
+    EventDatabase(path + ".new").close()
+    os.rename(path + ".new", path)
+"""
+
+
+def recovery(path: Path, seconds: float) -> subprocess.Popen[str]:
+    """A process that holds ``path`` alone for ``seconds`` and then replaces it, once it said so."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _RECOVERY, str(path), str(seconds)], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "alone"
+    return proc
+
+
+def test_a_writer_opening_during_a_recovery_writes_into_the_new_file(tmp_path: Path) -> None:
+    """A writer that opens the file while a recovery holds it alone waits, then stores into the file the
+    recovery left in place, not into the one it moved aside."""
+    path = tmp_path / "events.db"
+    with EventDatabase(path) as database:
+        database.store_events_batch([make_event(source="before") for _ in range(5)])
+    recovering = recovery(path, 1.5)
+    try:
+        with EventDatabase(path) as database:
+            database.store_events_batch([make_event(source="during") for _ in range(10)])
+        assert recovering.wait(timeout=60) == 0
+    finally:
+        if recovering.poll() is None:
+            recovering.kill()
+    with EventDatabase(path, readonly=True) as live:
+        assert live.count_by("source") == {"during": 10}
+    with EventDatabase(tmp_path / "events.db.aside", readonly=True) as aside:
+        assert aside.count_by("source") == {"before": 5}
+
+
+def test_waiting_for_one_file_held_alone_blocks_no_other_file(tmp_path: Path) -> None:
+    """While one thread waits for a file another process holds alone, other threads open and close other files."""
+    held, other = tmp_path / "held.db", tmp_path / "other.db"
+    EventDatabase(held).close()
+    recovering = recovery(held, 3.0)
+    try:
+        waiting = threading.Thread(target=lambda: EventDatabase(held).close())
+        waiting.start()
+        time.sleep(0.2)
+        started = time.monotonic()
+        with EventDatabase(other) as database:
+            database.store_event(make_event())
+        elapsed = time.monotonic() - started
+        assert waiting.is_alive(), "the open of the held file did not wait for the recovery"
+        waiting.join(timeout=60)
+    finally:
+        recovering.wait(timeout=60)
+    assert elapsed < 2.0, f"opening and closing another file took {elapsed:.1f} s while one waited"
+
+
+def full_count(path: Path) -> int:
+    """The events in the file, counted row by row with plain sqlite3."""
+    conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
+    try:
+        return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def test_stats_equal_a_full_count_under_ingest_and_retention(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the figures read every 10 ms while batches commit and retention deletes in chunks, the total in
+    stats() is never below zero and equals a full count of the file at each flush."""
+    monkeypatch.setattr(celflow._manager, "FIGURES_INTERVAL", 0.01)
+    monkeypatch.setattr(celflow._manager, "_RETENTION_CHUNK", 500)
+    old = time.time() - 40 * 86400
+    with EventDatabase(db_path) as database:
+        database.store_events_batch([make_event(timestamp=old + i, source="old") for i in range(6_000)])
+
+    async def scenario() -> list[tuple[int, int]]:
+        config = {"database_path": str(db_path), "batch_size": 50, "batch_timeout": 0.01, "retention_days": 30}
+        seen: list[tuple[int, int]] = []
+        async with EventPersistenceManager(config) as manager:
+            for _ in range(60):
+                manager.queue_events_batch([make_event(source="new") for _ in range(200)])
+                await asyncio.sleep(0.005)
+                total = manager.stats().database.total_events
+                assert total >= 0, total
+                await manager.flush()
+                if manager.stats().removed_by_retention == 6_000:
+                    seen.append((manager.stats().database.total_events, full_count(db_path)))
+        return seen
+
+    seen = asyncio.run(scenario())
+    assert seen, "retention never finished"
+    wrong = [(said, counted) for said, counted in seen if said != counted]
+    assert not wrong, f"stats said / the file held: {wrong[:10]}"
+
+
 def test_import_celflow_loads_no_server_bus_postgres_or_capture_library(tmp_path: Path) -> None:
     """`import celflow` loads none of psycopg, nats, uvicorn, starlette, watchdog, psutil, textual, httpx, ..."""
     assert loaded_by(tmp_path, "import celflow", NOT_FOR_IMPORT) == []
@@ -384,7 +513,7 @@ def test_two_processes_store_into_one_file_at_once(tmp_path: Path, writers: Writ
     counts = collections.Counter((d["w"], d["n"]) for d in stored_data(db))
     assert set(counts) == {(k, n) for k in (0, 1) for n in range(2_000)}
     assert all(c == 1 for c in counts.values())
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    conn = sqlite3.connect(db.resolve().as_uri() + "?mode=ro", uri=True)
     try:
         (full_count,) = conn.execute("SELECT count(*) FROM events").fetchone()
     finally:

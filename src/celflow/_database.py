@@ -75,9 +75,10 @@ def make_query(
 class EventDatabase:
     """Events in a database file, the seed's synchronous API; safe to share between threads.
 
-    ``readonly=True`` never creates, migrates or writes the file and takes no writer lock:
-    that is how the CLI reads while ``celflow run`` writes. ``privacy`` (the ``[privacy]``
-    settings, or rules already compiled) applies to every event stored through this object.
+    ``readonly=True`` never creates, migrates or writes the file and takes no lock: that is how
+    the CLI reads while ``celflow run`` writes. Several objects and processes may write one file.
+    ``privacy`` (the ``[privacy]`` settings, or rules already compiled) applies to every event
+    stored through this object.
     """
 
     def __init__(
@@ -91,8 +92,8 @@ class EventDatabase:
         privacy: PrivacyConfig | PrivacyRules | None = None,
     ) -> None:
         self.location = parse_location(db_path)
-        #: The file's path, or the URL with its password masked.
-        self.db_path = self.location.shown
+        #: The location as given (a file's path, or the URL: password included; messages use ``location.shown``).
+        self.db_path = db_path.url if isinstance(db_path, Location) else os.fspath(db_path)
         self.options = EncodingOptions(compression_threshold, max_event_bytes, privacy=PrivacyRules.compile(privacy))
         self.store: EventStore = open_store(self.location, readonly=readonly, durability=durability)
 
@@ -100,7 +101,7 @@ class EventDatabase:
     def over(cls, store: EventStore, location: Location, options: EncodingOptions) -> EventDatabase:
         """The seed's API over a store already open (the manager's, which it opened with its start check)."""
         database = cls.__new__(cls)
-        database.location, database.db_path, database.options, database.store = location, location.shown, options, store
+        database.location, database.db_path, database.options, database.store = location, location.url, options, store
         return database
 
     # -- writing -------------------------------------------------------------------------------
@@ -337,4 +338,4 @@ class EventDatabase:
         self.close()
 
     def __repr__(self) -> str:
-        return f"EventDatabase({self.db_path!r})"
+        return f"EventDatabase({self.location.shown!r})"

@@ -15,7 +15,7 @@ import os
 import re
 from dataclasses import dataclass
 from typing import Literal
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from ._exceptions import ConfigError
 
@@ -34,7 +34,8 @@ Backend = Literal["sqlite", "postgresql"]
 #: What a database location may look like, for messages.
 ACCEPTED_FORMS = "a file path, sqlite:///relative/path, sqlite:////absolute/path or postgresql://user@host/db"
 
-_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+#: A URL's scheme: two characters or more (``C:`` stays a path) before a colon.
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):")
 _POSTGRES_SCHEMES = ("postgresql", "postgres")
 _BUS_SCHEMES = ("nats", "tls", "ws", "wss")
 
@@ -98,30 +99,36 @@ def parse_location(value: str | os.PathLike[str] | Location) -> Location:
     if match is None:
         return Location("sqlite", text)
     scheme = match.group(1).lower()
+    rest = text[match.end() :]
     if scheme == "sqlite":
-        rest = text[match.end() :]
-        if not rest.startswith("/") or rest == "/":
+        if not rest.startswith("///") or rest == "///":
             raise ConfigError(
                 f"database location {text!r}: a SQLite URL has three slashes and a path "
                 "(sqlite:///relative/path or sqlite:////absolute/path)"
             )
-        return Location("sqlite", rest[1:])
-    if scheme in _POSTGRES_SCHEMES:
+        return Location("sqlite", rest[3:])
+    if scheme in _POSTGRES_SCHEMES and rest.startswith("//"):
         url, schema = split_schema(text)
         return Location("postgresql", url, schema)
+    if scheme in _POSTGRES_SCHEMES:
+        raise ConfigError(f"database location {mask_url(text)!r}: a PostgreSQL URL starts with {scheme}://")
     raise ConfigError(
-        f"database location {mask_url(text)!r}: CelFlow does not know the scheme {scheme!r}; give {ACCEPTED_FORMS}"
+        f"database location {mask_url(text)!r}: CelFlow does not know the scheme {scheme!r}; give {ACCEPTED_FORMS} "
+        "(a file whose name holds a colon: ./name)"
     )
 
 
 def split_schema(url: str) -> tuple[str, str | None]:
-    """The URL without CelFlow's own ``schema=`` query parameter, and that schema."""
+    """The URL without CelFlow's own ``schema=`` query parameter, and that schema (a URL without one
+    is returned as it is)."""
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True)
-    schema = next((v for k, v in query if k == "schema"), None)
+    if not any(k == "schema" for k, _ in query):
+        return url, None
+    schema = next(v for k, v in query if k == "schema")
     # quote, not urlencode's default quote_plus: libpq reads "+" as a plus sign, not a space
     rest = urlencode([(k, v) for k, v in query if k != "schema"], quote_via=quote)
-    return urlunsplit(parts._replace(query=rest)), schema
+    return _unsplit(parts._replace(query=rest)), schema
 
 
 def _with_schema(url: str, schema: str | None) -> str:
@@ -129,7 +136,15 @@ def _with_schema(url: str, schema: str | None) -> str:
         return url
     parts = urlsplit(url)
     query = [*parse_qsl(parts.query, keep_blank_values=True), ("schema", schema)]
-    return urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))
+    return _unsplit(parts._replace(query=urlencode(query, quote_via=quote)))
+
+
+def _unsplit(parts: SplitResult) -> str:
+    """``urlunsplit``, keeping the ``//`` of a URL without a host (``postgresql:///db``: a local socket)."""
+    text = urlunsplit(parts)
+    if not parts.netloc and not text.startswith(f"{parts.scheme}://"):
+        text = f"{parts.scheme}://" + text[len(parts.scheme) + 1 :]
+    return text
 
 
 def mask_url(url: str) -> str:

@@ -66,8 +66,8 @@ class EventPersistenceManager:
         self._started_at = 0.0
         self._removed = 0
         self._last_cleanup: float | None = None
-        self._figures = DatabaseFigures(self.location.shown)
-        self._figures_base = (0, 0)  # (stored, removed) by this run when the figures were read
+        #: The database's figures as last read, with this run's (stored, removed) at that moment.
+        self._figures: tuple[DatabaseFigures, int, int] = (DatabaseFigures(self.location.shown), 0, 0)
 
     @property
     def location(self) -> Location:
@@ -77,7 +77,7 @@ class EventPersistenceManager:
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Open the database (taking the writer lock) and start the writer and maintenance."""
+        """Open the database (after its start check) and start the writer and maintenance."""
         if self.state is not ManagerState.UNSTARTED:
             raise ManagerStateError(f"the manager is {self.state.value}; a manager starts only once")
         settings = self.settings
@@ -87,7 +87,7 @@ class EventPersistenceManager:
         store = await asyncio.to_thread(open_store, location, durability=settings.durability, check=True)
         database = EventDatabase.over(store, location, self.options)  # the same rules, so their counter is one
         try:
-            self._figures = await asyncio.to_thread(read_figures, store)
+            self._figures = (await asyncio.to_thread(read_figures, store), 0, 0)
         except BaseException:
             store.close()
             raise
@@ -108,7 +108,7 @@ class EventPersistenceManager:
         self._tasks.append(asyncio.create_task(self._figures_loop(), name="celflow-figures"))
         if settings.stats_interval > 0:
             self._tasks.append(asyncio.create_task(self._stats_loop(), name="celflow-system-stats"))
-        log.info("storing events in %s (%d already there)", database.store.path, self._figures.total_events)
+        log.info("storing events in %s (%d already there)", database.store.path, self._figures[0].total_events)
         if self.options.privacy is not None:
             rules = self.config.privacy  # counts only: a rule's text could name what it hides
             log.info(
@@ -132,8 +132,9 @@ class EventPersistenceManager:
         writer, database = self._writer, self.database
         assert writer is not None and database is not None
         await asyncio.to_thread(writer.stop)
-        try:  # the true figures, for get_stats() after the stop
-            await self._refresh_figures()
+        try:  # the true figures, for get_stats() after the stop (the writer is done: nothing moves)
+            figures = await asyncio.to_thread(read_figures, database.store)
+            self._figures = (figures, writer.stored, self._removed)
         except Exception as exc:  # noqa: BLE001 - the stop goes on: the last figures stay
             log.warning("reading the database's figures at the stop failed: %s", exc)
         database.close()
@@ -247,14 +248,13 @@ class EventPersistenceManager:
 
     def stats(self) -> SinkStats:
         """Counters of this run and the database's figures; never runs a database query (the figures are
-        read every few seconds on a worker thread, and kept current with this run's own writes between)."""
+        read every few seconds between two batches, and kept current with this run's own writes between)."""
         writer = self._writer
         running = self.state is ManagerState.RUNNING
         uptime = time.time() - self._started_at if self._started_at else 0.0
-        figures = self._figures
+        figures, since_stored, since_removed = self._figures
         stored = writer.stored if writer else 0
-        since_stored, since_removed = self._figures_base
-        if running and writer is not None:
+        if writer is not None:
             figures = dataclasses.replace(
                 figures,
                 total_events=figures.total_events + (stored - since_stored) - (self._removed - since_removed),
@@ -290,21 +290,21 @@ class EventPersistenceManager:
         """Counters of this run and the database's size (cheap: no query; see :meth:`stats`)."""
         return self.stats().to_dict()
 
-    async def _refresh_figures(self) -> None:
-        """Read the database's figures on a worker thread (this run's counters as of the read with them)."""
-        database = self.database
-        if database is None:
-            return
-        writer = self._writer
-        base = (writer.stored if writer else 0, self._removed)
-        self._figures = await asyncio.to_thread(read_figures, database.store)
-        self._figures_base = base
+    def _figures_step(self) -> Iterator[None]:
+        """On the writer thread, between two batches: the figures and this run's counters of the same moment
+        (read elsewhere, a batch committed during the read would be counted twice)."""
+        writer, database = self._writer, self.database
+        assert writer is not None and database is not None
+        self._figures = (read_figures(database.store), writer.stored, self._removed)
+        yield from ()
 
     async def _figures_loop(self) -> None:
         while True:
             await asyncio.sleep(FIGURES_INTERVAL)
             try:
-                await self._refresh_figures()
+                await asyncio.wrap_future(self._running_writer().run_task(self._figures_step))
+            except ManagerStateError:
+                return
             except Exception as exc:  # noqa: BLE001 - the figures stay as they were; the next read retries
                 log.debug("reading the database's figures failed: %s", exc)
 
@@ -316,7 +316,6 @@ class EventPersistenceManager:
         days = self.settings.retention_days
         cutoff = time.time() - days * 86400 if days > 0 else None
         removed: int = await asyncio.wrap_future(writer.run_task(lambda: self._maintenance_steps(cutoff)))
-        self._removed += removed
         self._last_cleanup = time.time()
         if removed:
             log.info("retention removed %d events older than %g days", removed, days)
@@ -330,6 +329,7 @@ class EventPersistenceManager:
         while cutoff is not None:
             n = store.delete_before(cutoff, limit=_RETENTION_CHUNK)
             removed += n
+            self._removed += n  # with the chunk's commit: figures read between two chunks see it gone
             if n < _RETENTION_CHUNK:
                 break
             yield

@@ -12,12 +12,11 @@ from typing import NoReturn
 from .._location import Location
 from .._storage import Durability
 from ._care import PostgresCheckReport, check_postgres, doctor_postgres, refuse_backup, refuse_recover, vacuum_postgres
-from ._store import _SEARCH_TEXT, DAY, SCHEMA_VERSION, PostgresStore, translate
+from ._store import DAY, SCHEMA_VERSION, PostgresStore, translate
 
 __all__ = [
     "DAY",
     "SCHEMA_VERSION",
-    "_SEARCH_TEXT",
     "PostgresCheckReport",
     "PostgresStore",
     "backup",

@@ -39,10 +39,11 @@ def open_store(location: Location, *, readonly: bool, durability: Durability, ch
     # A read-write connection may checkpoint the WAL into a damaged file when it closes: check
     # first, alone, so no writer changes the WAL meanwhile. With writers at work the file is in use
     # (each of them opened it so), and the check is theirs to have made.
-    with DatabaseLock(path).alone() as alone:
+    lock = DatabaseLock(path)
+    with lock.alone(then_share=True) as alone:
         if alone:
             preflight(path, durability=durability)
-        return SQLiteStore(path, durability=durability)
+    return SQLiteStore(path, durability=durability, lock=lock)  # it holds the lock shared from the check on
 
 
 def check(location: Location, *, full: bool) -> CheckReport:

@@ -44,6 +44,11 @@ def _ro_uri(path: str) -> str:
     return Path(path).resolve().as_uri() + "?mode=ro"
 
 
+def _rw_uri(path: str) -> str:
+    """A read-write URI for an existing ``path`` (quoted like :func:`_ro_uri`; never creates the file)."""
+    return Path(path).resolve().as_uri() + "?mode=rw"
+
+
 def _existing(path: str | os.PathLike[str]) -> str:
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -149,8 +154,10 @@ def vacuum_database(path: str | os.PathLike[str]) -> tuple[float, float]:
     """
     path = _existing(path)
     before = _size_mb(path) + _size_mb(path + "-wal")
+    lock = DatabaseLock(path)
+    lock.share()  # a writer: no start check or recovery of another process meanwhile
     try:
-        conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+        conn = sqlite3.connect(_rw_uri(path), uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
         try:
             conn.execute("VACUUM")
             # Give the WAL's space back too; with readers or writers at work it cannot always be
@@ -160,6 +167,8 @@ def vacuum_database(path: str | os.PathLike[str]) -> tuple[float, float]:
             conn.close()
     except sqlite3.Error as exc:
         raise translate(exc, path) from None
+    finally:
+        lock.release()
     return before, _size_mb(path) + _size_mb(path + "-wal")
 
 
@@ -523,7 +532,7 @@ def doctor(path: str | os.PathLike[str]) -> tuple[CheckReport, list[str]]:
     if report.ok and report.fragmentation > 0.2:
         advice.append(
             f"{report.fragmentation:.0%} of the file is free pages: `celflow db vacuum --db {shown}` "
-            "(with `celflow run` stopped) gives the space back."
+            "gives the space back (writers wait while it runs: best at a quiet time)."
         )
     if report.ok and report.wal_size_mb > 256:
         advice.append(

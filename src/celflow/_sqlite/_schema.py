@@ -12,7 +12,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 
-__all__ = ["APPLICATION_ID", "COUNTED_COLUMNS", "COUNT_NEW_EVENTS", "SCHEMA_VERSION", "migrate", "rebuild_counts"]
+__all__ = ["APPLICATION_ID", "COUNT_NEW_EVENTS", "SCHEMA_VERSION", "migrate", "rebuild_counts"]
 
 #: ``PRAGMA application_id`` of a CelFlow database ("CELF").
 APPLICATION_ID = 0x43454C46
@@ -89,7 +89,6 @@ COUNT_NEW_EVENTS = (
     "UNION ALL SELECT 'source', minute, source, count(*) FROM new GROUP BY 2, 3 "
     "ON CONFLICT (kind, minute, name) DO UPDATE SET n = n + excluded.n"
 )
-COUNTED_COLUMNS = ("event_type", "source")
 
 
 def rebuild_counts(conn: sqlite3.Connection) -> None:

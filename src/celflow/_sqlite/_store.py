@@ -1,4 +1,4 @@
-"""The SQLite backend of the storage contract: WAL, thread-local connections, one writer process."""
+"""The SQLite store: WAL, thread-local connections, any number of writer processes (SQLite's lock between them)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ import functools
 import itertools
 import logging
 import os
+import shutil
 import sqlite3
 import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any
 
 from .._encoding import MAX_SEARCH_LENGTH, Row, _check_text, data_text, decode_data, encode_data
 from .._exceptions import (
@@ -28,6 +30,7 @@ from .._exceptions import (
 )
 from .._files import ensure_private_dir
 from .._sql import SQLReads, like_pattern
+from .._storage import Durability
 from .._types import EventQuery, InsertResult, StoredEvent
 from ._lock import DatabaseLock
 from ._schema import APPLICATION_ID, COUNT_NEW_EVENTS, SCHEMA_VERSION, migrate, rebuild_counts
@@ -36,7 +39,6 @@ __all__ = ["SQLiteStore", "translate"]
 
 log = logging.getLogger("celflow.storage")
 
-Durability = Literal["normal", "full"]
 
 MMAP_SIZE = 256 * 1024 * 1024  # the seed's 256 MB memory map
 #: How long a write waits for another connection's transaction (another process's batch, a retention step, a
@@ -205,9 +207,16 @@ def _create_new(path: str) -> None:
             os.link(tmp, path)  # fails if the name exists: never over another process's new file
         except FileExistsError:
             pass
-        except OSError:  # a file system without hard links: a rename, unless the name appeared meanwhile
-            if not os.path.exists(path):
-                os.rename(tmp, path)
+        except OSError:  # a file system without hard links: a copy into a name only this process made
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            except FileExistsError:
+                pass
+            else:
+                with os.fdopen(fd, "wb") as out, open(tmp, "rb") as made:
+                    shutil.copyfileobj(made, out)
+                    out.flush()
+                    os.fsync(out.fileno())
         dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(dir_fd)
@@ -247,16 +256,25 @@ class SQLiteStore(SQLReads):
         return f"timestamp {op}= ? AND (timestamp {op} ? OR id {op} ?)", [ts, ts, event_id]
 
     def __init__(
-        self, path: str | os.PathLike[str], *, readonly: bool = False, durability: Durability = "normal"
+        self,
+        path: str | os.PathLike[str],
+        *,
+        readonly: bool = False,
+        durability: Durability = "normal",
+        lock: DatabaseLock | None = None,
     ) -> None:
         self.path = os.fspath(path)
+        # '?', '#' and '%' in a name stay part of it; absolute, so a later chdir changes nothing. Read-write
+        # even for a reader (query_only): a read-only open of a WAL file cannot make its -shm.
+        self._uri = Path(os.path.abspath(self.path)).as_uri() + "?mode=rw"
         self.readonly = readonly
         self.durability = durability
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
         self._write_lock = threading.Lock()
-        self._lock = DatabaseLock(self.path)  # held shared while writable: no exclusive step meanwhile
+        #: Held shared while writable (``lock``: one already held, after a start check).
+        self._lock = lock or DatabaseLock(self.path)
         self._closed = False
         self._disk_was_full = False  # the last write failed for want of space: make room before the next
         self._rows_per_statement = _MAX_ROWS_PER_STATEMENT
@@ -275,13 +293,17 @@ class SQLiteStore(SQLReads):
         try:
             if os.path.exists(self.path):
                 _inspect_existing(self.path)  # a file that is not SQLite is refused before anything is made
-            else:
+            if not self.readonly:
                 ensure_private_dir(os.path.dirname(os.path.abspath(self.path)))
+                # Before any connection: a recovery of another process may not move the file away under it.
                 self._lock.share()
-                _create_new(self.path)
+                if not os.path.exists(self.path):
+                    _create_new(self.path)
             self._check_and_migrate(self._connection())
         except BaseException:
             self.close()
+            if not self.readonly:
+                self._lock.discard()  # the lock file too, if this open made it (a refused foreign file)
             raise
 
     def _check_and_migrate(self, conn: sqlite3.Connection) -> None:
@@ -303,8 +325,6 @@ class SQLiteStore(SQLReads):
                 f"{self.path} was written by a newer CelFlow (schema version {version}; this "
                 f"version understands up to {SCHEMA_VERSION}). Upgrade CelFlow to open it."
             )
-        if not self.readonly:
-            self._lock.share()  # CelFlow's file: from now on no step of another process takes it alone
         if version < SCHEMA_VERSION:
             if self.readonly:
                 raise SchemaVersionError(
@@ -326,7 +346,7 @@ class SQLiteStore(SQLReads):
             raise DatabaseClosedError(f"the database {self.path} is closed")
         try:
             conn = sqlite3.connect(
-                f"file:{self.path}?mode=rw",
+                self._uri,
                 uri=True,
                 isolation_level=None,
                 check_same_thread=False,
@@ -605,7 +625,7 @@ class SQLiteStore(SQLReads):
             return int(cur.lastrowid or 0)
 
     def close(self) -> None:
-        """Close every connection and release the writer lock; later use raises."""
+        """Close every connection and let go of the lock file; later use raises."""
         with self._conns_lock:
             self._closed = True
             conns, self._conns = self._conns, []

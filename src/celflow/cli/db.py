@@ -66,7 +66,7 @@ def check(state: State, db: str | None, full: bool, as_json: bool) -> None:
 @db_option
 @click.pass_obj
 def vacuum(state: State, db: str | None) -> None:
-    """Rebuild the file without its free pages (stop `celflow run` first); on PostgreSQL,
+    """Rebuild the file without its free pages (writers wait while it runs); on PostgreSQL,
     VACUUM (ANALYZE) every CelFlow table while writers go on."""
     before, after = vacuum_database(database_location(state, db))
     console.print(f"vacuumed: {before:,.1f} MB -> {after:,.1f} MB")

@@ -2,9 +2,12 @@
 
 The seed's API: :class:`EventDatabase` (synchronous) and :class:`EventPersistenceManager`
 (asynchronous, batching), built with :func:`create_event_persistence`.
+
+The manager (it brings asyncio) and ``__version__`` (package metadata) load when first used, so
+``import celflow`` and the command line start fast.
 """
 
-from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
 from ._backends import open_store
 from ._config import CaptureConfig, Config, LoggingConfig, PersistenceConfig, load_config, parse_config
@@ -29,14 +32,39 @@ from ._exceptions import (
     ValidationError,
     WriterBusyError,
 )
-from ._manager import EventPersistenceManager, ManagerState, create_event_persistence
 from ._storage import EventStore
 from ._types import EventPage, EventQuery, InsertResult, Pattern, StoredEvent, SystemStats
 
-try:
-    __version__ = version("celflow")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
-    __version__ = "0.0.0"
+if TYPE_CHECKING:
+    from ._manager import EventPersistenceManager, ManagerState, create_event_persistence
+
+    __version__: str
+
+_LAZY = {"EventPersistenceManager", "ManagerState", "create_event_persistence"}
+
+
+def __getattr__(name: str) -> Any:
+    """The names that load on first use: the manager's, and ``__version__``."""
+    if name in _LAZY:
+        from . import _manager
+
+        value = getattr(_manager, name)
+    elif name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            value = version("celflow")
+        except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
+            value = "0.0.0"
+    else:
+        raise AttributeError(f"module 'celflow' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
 
 __all__ = [
     "BusError",

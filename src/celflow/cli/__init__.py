@@ -10,11 +10,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import click
-from rich.console import Console
 
-from .. import __version__
 from .._exceptions import CelflowError
-from ._common import State
+from ._common import State, console
 from .config import config
 from .dashboard import dashboard
 from .db import db
@@ -25,11 +23,9 @@ from .worker import ingest_worker
 
 __all__ = ["cli", "main"]
 
-err_console = Console(stderr=True, highlight=False)
-
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(__version__, "--version", prog_name="celflow")
+@click.version_option(None, "--version", package_name="celflow", prog_name="celflow")
 @click.option(
     "--config",
     "config_path",
@@ -52,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cli.main(args=list(argv) if argv is not None else None, prog_name="celflow", standalone_mode=False)
     except click.exceptions.Abort:
-        err_console.print("aborted")
+        console(stderr=True).print("aborted")
         return 130
     except click.ClickException as exc:
         exc.show()
@@ -60,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except CelflowError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", markup=True, soft_wrap=True)
+        console(stderr=True).print(f"[bold red]error:[/] {exc}", markup=True, soft_wrap=True)
         return 1
     except BrokenPipeError:
         sys.stderr.close()  # the reader went away (e.g. `| head`); not an error of ours

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from .._config import Config, load_config
 from .._location import Location, parse_location
 
-__all__ = ["State", "data_folder", "database_location", "db_option", "when"]
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress, TaskID
+
+__all__ = ["Bar", "State", "console", "data_folder", "database_location", "db_option", "escape", "progress_bar", "when"]
 
 
 class State:
@@ -50,3 +56,47 @@ db_option = click.option(
     metavar="PATH_OR_URL",
     help="Database file or postgresql:// URL (default: persistence.database_url, else persistence.database_path).",
 )
+
+
+# rich loads when a command prints, not for `--help`: it is a third of the command line's start.
+
+
+def console(*, stderr: bool = False) -> Console:
+    """A rich console on stdout (or stderr), without syntax highlighting."""
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def escape(text: str) -> str:
+    """``text`` with rich's markup characters escaped, to print as it is."""
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
+
+
+class Bar:
+    """A progress bar's task: ``advance`` by a number done, or ``update`` to done of total."""
+
+    def __init__(self, progress: Progress, task: TaskID) -> None:
+        self._progress, self._task = progress, task
+
+    def advance(self, n: int) -> None:
+        self._progress.advance(self._task, n)
+
+    def update(self, done: int, total: int) -> None:
+        self._progress.update(self._task, completed=done, total=total)
+
+
+@contextlib.contextmanager
+def progress_bar(what: str, total: int | None = None) -> Iterator[Bar | None]:
+    """A progress bar on stderr when it is a terminal; ``None`` when piped."""
+    err = console(stderr=True)
+    if not err.is_terminal:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=True) as progress:
+        yield Bar(progress, progress.add_task(what, total=total))

@@ -7,12 +7,10 @@ import sys
 import click
 import msgspec
 import orjson
-from rich.console import Console
-from rich.table import Table
 
 from .._config import config_items
 from .._location import mask_url
-from ._common import State
+from ._common import State, console
 
 __all__ = ["config"]
 
@@ -38,10 +36,12 @@ def show(state: State, as_json: bool) -> None:
         payload = {name: {"value": value, "origin": source} for name, value, source in items}
         sys.stdout.buffer.write(orjson.dumps(payload, option=orjson.OPT_INDENT_2) + b"\n")
         return
+    from rich.table import Table
+
     table = Table(title="CelFlow configuration", title_justify="left")
     table.add_column("setting", style="bold")
     table.add_column("value")
     table.add_column("from", style="dim")
     for name, value, source in items:
         table.add_row(name, repr(value) if isinstance(value, str) else str(value), source)
-    Console(highlight=False).print(table)
+    console().print(table)

@@ -7,17 +7,12 @@ from pathlib import Path
 
 import click
 import orjson
-from rich.console import Console
-from rich.markup import escape
 
 from .._care import backup_database, check_database, doctor, recover_database, vacuum_database
 from .._storage import HealthReport
-from ._common import State, database_location, db_option
+from ._common import State, console, database_location, db_option, escape
 
 __all__ = ["db"]
-
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
 
 
 def _json(value: object) -> None:
@@ -31,14 +26,14 @@ def db() -> None:
 
 def _show(report: HealthReport) -> None:
     if not report.opened:  # not even reached: one line, on stderr, as every other error
-        err_console.print(f"[bold red]error:[/] {escape(report.problems[0])}", soft_wrap=True)
+        console(stderr=True).print(f"[bold red]error:[/] {escape(report.problems[0])}", soft_wrap=True)
         return
     verdict = "[green]ok[/green]" if report.ok else f"[red]{report.condition.upper()}[/red]"
-    console.print(f"{escape(report.path)}: {verdict} ({report.mode} check, {report.seconds:.2f} s)", soft_wrap=True)
+    console().print(f"{escape(report.path)}: {verdict} ({report.mode} check, {report.seconds:.2f} s)", soft_wrap=True)
     for line in report.details():
-        console.print(f"  {escape(line)}", soft_wrap=True)
+        console().print(f"  {escape(line)}", soft_wrap=True)
     for problem in report.problems[:20]:
-        console.print(f"  [red]problem:[/red] {escape(problem)}", soft_wrap=True)
+        console().print(f"  [red]problem:[/red] {escape(problem)}", soft_wrap=True)
 
 
 @db.command()
@@ -69,7 +64,7 @@ def vacuum(state: State, db: str | None) -> None:
     """Rebuild the file without its free pages (writers wait while it runs); on PostgreSQL,
     VACUUM (ANALYZE) every CelFlow table while writers go on."""
     before, after = vacuum_database(database_location(state, db))
-    console.print(f"vacuumed: {before:,.1f} MB -> {after:,.1f} MB")
+    console().print(f"vacuumed: {before:,.1f} MB -> {after:,.1f} MB")
 
 
 @db.command()
@@ -83,7 +78,7 @@ def backup(state: State, destination: Path, db: str | None, force: bool) -> None
     SQLite only: for PostgreSQL it says what to use (pg_dump, or `celflow migrate` into SQLite).
     """
     size = backup_database(database_location(state, db), destination, force=force)
-    console.print(f"backed up to {escape(str(destination))} ({size / 1_048_576:,.1f} MB, checked)")
+    console().print(f"backed up to {escape(str(destination))} ({size / 1_048_576:,.1f} MB, checked)")
 
 
 @db.command()
@@ -100,19 +95,19 @@ def recover(state: State, db: str | None, as_json: bool) -> None:
     if as_json:
         _json(report.to_dict())
         return
-    console.print(
+    console().print(
         f"saved {report.events_saved:,} events, {report.patterns_saved:,} patterns and "
         f"{report.system_stats_saved:,} system stats into a new {escape(report.path)}"
     )
     if report.events_lost:
-        console.print(f"  {report.events_lost:,} events were unreadable")
+        console().print(f"  {report.events_lost:,} events were unreadable")
     if report.events_damaged:
-        console.print(f"  {report.events_damaged:,} events were saved with unreadable bytes replaced by U+FFFD")
+        console().print(f"  {report.events_damaged:,} events were saved with unreadable bytes replaced by U+FFFD")
     if report.wal_frames_repaired:
-        console.print(f"  read past a damaged WAL frame ({report.wal_frames_repaired:,} frames re-chained)")
+        console().print(f"  read past a damaged WAL frame ({report.wal_frames_repaired:,} frames re-chained)")
     for problem in report.problems[:10]:
-        console.print(f"  damaged: {escape(problem)}")
-    console.print(f"  the damaged file is kept as {escape(report.damaged_copy)}")
+        console().print(f"  damaged: {escape(problem)}")
+    console().print(f"  the damaged file is kept as {escape(report.damaged_copy)}")
 
 
 @db.command("doctor")
@@ -122,8 +117,8 @@ def doctor_command(state: State, db: str | None) -> None:
     """Run every check and say in plain words what to do."""
     report, advice = doctor(database_location(state, db))
     verdict = "[green]healthy[/green]" if report.ok else f"[red]{report.condition}[/red]"
-    console.print(f"{escape(report.path)}: {verdict}", soft_wrap=True)
+    console().print(f"{escape(report.path)}: {verdict}", soft_wrap=True)
     for problem in report.problems[:10]:
-        console.print(f"  [red]problem:[/red] {escape(problem)}", soft_wrap=True)
+        console().print(f"  [red]problem:[/red] {escape(problem)}", soft_wrap=True)
     for line in advice:
-        console.print(f"- {escape(line)}", soft_wrap=True)  # whole lines: the commands in them can be copied
+        console().print(f"- {escape(line)}", soft_wrap=True)  # whole lines: the commands in them can be copied

@@ -2,33 +2,28 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 import orjson
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from .._database import EventDatabase
 from .._exceptions import ServiceError
 from .._export import EXPORT_FORMATS, IMPORT_FORMATS, export_events, import_events
 from .._location import Location
 from .._types import StoredEvent
-from ._common import State, data_folder, database_location, db_option, when
+from ._common import State, console, data_folder, database_location, db_option, progress_bar, when
 
 if TYPE_CHECKING:
+    from rich.table import Table
+
     from ..client import Client
 
 __all__ = ["events"]
-
-console = Console(highlight=False)
 
 
 def _open(state: State, db: str | None) -> EventDatabase:
@@ -44,14 +39,16 @@ def _print_json(value: Any) -> None:
     sys.stdout.flush()
 
 
-def _event_table(rows: list[StoredEvent], title: str) -> Table:
+def _event_table(rows: list[StoredEvent], title: str, width: int) -> Table:
     cells = [
         (str(e.id), when(e.timestamp), e.event_type, e.action or "", e.source, orjson.dumps(e.data).decode())
         for e in rows
     ]
     # Fixed columns keep their width; the data column gets what is left of the terminal.
     widths = [max(len(c[i]) for c in cells) for i in range(5)]
-    room = max(20, console.width - sum(max(w, 6) for w in widths) - 3 * 6 - 1)
+    room = max(20, width - sum(max(w, 6) for w in widths) - 3 * 6 - 1)
+    from rich.table import Table
+
     table = Table(title=title, title_justify="left")
     table.add_column("id", justify="right", style="dim", no_wrap=True)
     table.add_column("time", no_wrap=True)
@@ -97,6 +94,9 @@ def stats(state: State, db: str | None, as_json: bool) -> None:
     if as_json:
         _print_json(info)
         return
+    from rich.table import Table
+
+    out = console()
     summary = Table(title=f"CelFlow database {info['database_path']}", title_justify="left", show_header=False)
     summary.add_column(style="bold")
     summary.add_column(justify="right")
@@ -107,7 +107,7 @@ def stats(state: State, db: str | None, as_json: bool) -> None:
     summary.add_row("system stats rows", f"{info['total_system_stats']:,}")
     summary.add_row("database size", f"{info['database_size_mb']:.2f} MB (WAL {info['wal_size_mb']:.2f} MB)")
     summary.add_row("schema version", str(info["schema_version"]))
-    console.print(summary)
+    out.print(summary)
     for key, label in (("events_by_type", "type"), ("events_by_source", "source")):
         counts: dict[str, int] = info[key]
         if not counts:
@@ -121,7 +121,7 @@ def stats(state: State, db: str | None, as_json: bool) -> None:
             table.add_row(name, f"{n:,}", f"{100 * n / total:.1f}%")
         if len(counts) > 20:
             table.add_row(f"... {len(counts) - 20} more", "", "")
-        console.print(table)
+        out.print(table)
 
 
 @events.command("list")
@@ -184,23 +184,10 @@ def _show(rows: list[StoredEvent], as_json: bool, title: str) -> None:
     if as_json:
         _print_json([e.to_dict() for e in rows])
     elif not rows:
-        console.print(f"no {title}")
+        console().print(f"no {title}")
     else:
-        console.print(_event_table(rows, f"{len(rows)} {title}"))
-
-
-@contextlib.contextmanager
-def _progress(what: str, total: int | None) -> Iterator[Callable[[int], None] | None]:
-    """A progress bar on stderr when it is a terminal; nothing when piped."""
-    err = Console(stderr=True, highlight=False)
-    if not err.is_terminal:
-        yield None
-        return
-    with Progress(
-        TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=True
-    ) as bar:
-        task = bar.add_task(what, total=total)
-        yield lambda n: bar.advance(task, n)
+        out = console()
+        out.print(_event_table(rows, f"{len(rows)} {title}", out.width))
 
 
 @events.command()
@@ -230,10 +217,11 @@ def export(
     filters = {"start_time": _since(hours), "event_type": event_type, "source": source, "action": action}
     with _open(state, db) as database:
         total = database.count_events(**filters)
-        with _progress("exporting", total if limit is None else min(total, limit)) as progress:
+        with progress_bar("exporting", total if limit is None else min(total, limit)) as bar:
+            progress = bar.advance if bar else None
             count = export_events(database, output, fmt, force=force, progress=progress, limit=limit, **filters)
     if str(output) != "-":
-        Console(stderr=True, highlight=False).print(f"exported {count:,} events to {output}")
+        console(stderr=True).print(f"exported {count:,} events to {output}")
 
 
 @events.command("import")
@@ -255,14 +243,14 @@ def import_(state: State, source: Path, db: str | None, fmt: str | None, as_json
             max_event_bytes=limits.max_event_bytes,
             privacy=settings.privacy,
         ) as database,
-        _progress("importing", None) as progress,
+        progress_bar("importing") as bar,
     ):
-        report = import_events(database, source, fmt, progress=progress)
+        report = import_events(database, source, fmt, progress=bar.advance if bar else None)
         rules = database.options.privacy
     if as_json:
         _print_json({**report.to_dict(), "privacy_dropped": rules.dropped if rules is not None else 0})
         return
-    err = Console(stderr=True, highlight=False)
+    err = console(stderr=True)
     dropped = f", {rules.dropped:,} dropped by privacy rules" if rules is not None else ""
     err.print(
         f"imported {report.imported:,} events from {source}; {report.duplicates:,} were already stored, "
@@ -324,7 +312,7 @@ def replay(
             with Client(url, token or os.environ.get("CELFLOW_TOKEN")) as client:
                 count = run_replay(database, lambda e: client.send(_as_input(e)), speed=speed, limit=limit, **filters)
                 client.flush()
-    Console(stderr=True, highlight=False).print(f"replayed {count:,} events" + (f" to {url}" if url else ""))
+    console(stderr=True).print(f"replayed {count:,} events" + (f" to {url}" if url else ""))
 
 
 def _as_input(event: StoredEvent) -> dict[str, Any]:

@@ -2,32 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import sys
-from collections.abc import Callable, Iterator
 
 import click
 import orjson
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .._migrate import DEFAULT_BATCH, MAX_BATCH, MigrationReport, migrate_history
+from ._common import console, progress_bar
 
 __all__ = ["migrate"]
-
-
-@contextlib.contextmanager
-def _progress() -> Iterator[Callable[[int, int], None] | None]:
-    """A progress bar on stderr when it is a terminal; nothing when piped."""
-    err = Console(stderr=True, highlight=False)
-    if not err.is_terminal:
-        yield None
-        return
-    with Progress(
-        TextColumn("migrating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=True
-    ) as bar:
-        task = bar.add_task("migrating", total=None)
-        yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
 def _summary(report: MigrationReport) -> str:
@@ -67,15 +50,15 @@ def migrate(source: str, target: str, batch: int, as_json: bool) -> None:
     """Copy every event, pattern and system stats row from one database to another.
 
     Events keep their timestamp, type, source, action, data and hash, so running it again, or
-    after an interruption, copies only what is missing (dedup). The source is only read; stop
-    `celflow run` on the target first. Exit 1 if the target refused some events.
+    after an interruption, copies only what is missing (dedup). The source is only read; `celflow run`
+    may keep writing either. Exit 1 if the target refused some events.
     """
-    with _progress() as progress:
-        report = migrate_history(source, target, batch=batch, progress=progress)
+    with progress_bar("migrating") as bar:
+        report = migrate_history(source, target, batch=batch, progress=bar.update if bar else None)
     if as_json:
         sys.stdout.buffer.write(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2) + b"\n")
     else:
-        err = Console(stderr=True, highlight=False)
+        err = console(stderr=True)
         err.print(f"migrated {report.source} -> {report.target}")
         err.print(_summary(report))
         if report.patterns_unlinked:

@@ -8,14 +8,11 @@ from typing import Any
 
 import click
 import orjson
-from rich.console import Console
 
 from .._location import Location
-from ._common import State, database_location
+from ._common import State, console, database_location
 
 __all__ = ["ingest_worker"]
-
-console = Console(highlight=False)
 
 
 def _setup_logging(level: str) -> None:
@@ -36,15 +33,15 @@ def _print_status(as_json: bool, database: Location) -> Any:
             return
         event = status["event"]
         if event == "standby":
-            console.print(f"standby: {status['reason']}", soft_wrap=True)
+            console().print(f"standby: {status['reason']}", soft_wrap=True)
         elif event == "ready":
-            console.print(
+            console().print(
                 f"consuming {status['stream']}/{status['durable']} from {status['bus']} into {database.shown} "
                 "(Ctrl-C or SIGTERM stops)",
                 soft_wrap=True,
             )
         elif event == "stopped":
-            console.print(
+            console().print(
                 f"stopped after {status['seconds']:.1f} s: {status['messages']:,} message(s), {status['events']:,} "
                 f"event(s) ({status['stored']:,} new, {status['duplicates']:,} already stored), "
                 f"{status['invalid']:,} invalid message(s) terminated, {status['redelivered']:,} redelivered",

@@ -23,6 +23,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+from import_graph import strongly_connected
+
 if TYPE_CHECKING:
     import grimp
 
@@ -94,47 +97,6 @@ def build_graph(src: Path, *, type_checking: bool) -> grimp.ImportGraph:
 def edges_of(graph: grimp.ImportGraph) -> dict[str, set[str]]:
     """Each module -> the package's modules it imports directly."""
     return {m: set(graph.find_modules_directly_imported_by(m)) for m in graph.modules}
-
-
-def strongly_connected(edges: dict[str, set[str]]) -> list[list[str]]:
-    """Tarjan's strongly connected components of more than one module, largest first, each sorted."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on_stack: set[str] = set()
-    found: list[list[str]] = []
-    for root in sorted(edges):
-        if root in index:
-            continue
-        work = [(root, iter(sorted(edges[root])))]
-        index[root] = low[root] = len(index)
-        stack.append(root)
-        on_stack.add(root)
-        while work:
-            node, children = work[-1]
-            child = next(children, None)
-            if child is None:
-                work.pop()
-                if work:
-                    low[work[-1][0]] = min(low[work[-1][0]], low[node])
-                if low[node] == index[node]:
-                    component = []
-                    while True:
-                        member = stack.pop()
-                        on_stack.discard(member)
-                        component.append(member)
-                        if member == node:
-                            break
-                    if len(component) > 1:
-                        found.append(sorted(component))
-            elif child not in index:
-                index[child] = low[child] = len(index)
-                stack.append(child)
-                on_stack.add(child)
-                work.append((child, iter(sorted(edges[child]))))
-            elif child in on_stack:
-                low[node] = min(low[node], index[child])
-    return sorted(found, key=lambda c: (-len(c), c))
 
 
 def function_local_lines(src: Path, module: str) -> set[int]:

@@ -9,53 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from import_graph import strongly_connected
 from importlinter import Contract, ContractCheck, fields, output
-
-
-def _cycles(graph: Any, modules: set[str]) -> list[list[str]]:
-    """The strongly connected components of more than one module (Tarjan's algorithm, iteratively)."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    on_stack: set[str] = set()
-    stack: list[str] = []
-    found: list[list[str]] = []
-    counter = 0
-    for root in sorted(modules):
-        if root in index:
-            continue
-        work = [(root, iter(sorted(graph.find_modules_directly_imported_by(root) & modules)))]
-        index[root] = low[root] = counter
-        counter += 1
-        stack.append(root)
-        on_stack.add(root)
-        while work:
-            node, children = work[-1]
-            child = next(children, None)
-            if child is not None:
-                if child not in index:
-                    index[child] = low[child] = counter
-                    counter += 1
-                    stack.append(child)
-                    on_stack.add(child)
-                    work.append((child, iter(sorted(graph.find_modules_directly_imported_by(child) & modules))))
-                elif child in on_stack:
-                    low[node] = min(low[node], index[child])
-                continue
-            work.pop()
-            if work:
-                parent = work[-1][0]
-                low[parent] = min(low[parent], low[node])
-            if low[node] == index[node]:
-                component = []
-                while True:
-                    member = stack.pop()
-                    on_stack.discard(member)
-                    component.append(member)
-                    if member == node:
-                        break
-                if len(component) > 1:
-                    found.append(sorted(component))
-    return found
 
 
 class AcyclicModulesContract(Contract):
@@ -67,7 +22,7 @@ class AcyclicModulesContract(Contract):
     def check(self, graph: Any, verbose: bool) -> ContractCheck:
         package = str(self.package)
         modules = {m for m in graph.modules if m == package or m.startswith(package + ".")}
-        cycles = _cycles(graph, modules)
+        cycles = strongly_connected({m: graph.find_modules_directly_imported_by(m) & modules for m in modules})
         return ContractCheck(kept=not cycles, metadata={"cycles": cycles, "graph": graph})
 
     def render_broken_contract(self, check: ContractCheck) -> None:

@@ -162,3 +162,16 @@ def test_query_arguments_are_checked(db: EventDatabase) -> None:
         with pytest.raises(ValidationError) as info:
             db.get_events(**kwargs)
         assert info.value.field == field, kwargs
+
+
+@pytest.mark.parametrize(
+    "data",
+    [[2**70, {True: None}], {"big": 2**70, "inner": {1: "x"}}, [-(10**100), {"k": {None: 1}}]],
+    ids=["bool-key", "int-key", "none-key"],
+)
+def test_a_key_that_is_not_text_is_refused_beside_a_big_integer(data: object) -> None:
+    """Data with an integer past 64 bits takes another encoder; a dict key that is not text is refused there too
+    (it was written as text, "true" for True, and came back different)."""
+    with pytest.raises(ValidationError, match="keys must be str") as refused:
+        prepare_event({"event_type": "t", "source": "s", "data": data})
+    assert refused.value.field == "data"

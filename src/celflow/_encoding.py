@@ -145,7 +145,14 @@ def encode_data(data: object) -> bytes:
 
 
 def _encode_stdlib(data: object) -> bytes:
-    """Integers beyond 64 bits: the standard library encodes them exactly."""
+    """Integers beyond 64 bits: the standard library encodes them exactly.
+
+    It also writes what orjson refuses (a key that is not text becomes one: ``True`` -> ``"true"``),
+    which would not come back as given: the same values are refused first, with the same message.
+    """
+    problem = _describe(data)
+    if problem is not None:
+        raise ValidationError(problem, field="data")
     try:
         text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except RecursionError:  # deep nesting around a big integer; the walks below would recurse as deep

@@ -20,7 +20,7 @@ Tree::
         ├── OperationalError         the database engine failed (I/O, disk full, locked too long)
         └── QueryTimeoutError        a read ran past its time limit and was interrupted
 
-Driver errors are translated in one place per backend (``translate`` in ``celflow._sqlite`` and
+Driver errors are translated in one place per backend (``translate`` in ``celflow._sqlite._store`` and
 ``celflow._postgres``).
 """
 

@@ -29,7 +29,7 @@ log = logging.getLogger("celflow.manager")
 
 _RETENTION_CHUNK = 5_000
 #: Seconds between reads of the database's figures (count, sizes, last id) for stats: off the event
-#: loop, on a worker thread; between reads, this process's own writes keep them current.
+#: loop, on the writer thread between two batches; between reads, this run's own writes keep them current.
 FIGURES_INTERVAL = 5.0
 _VACUUM_STEP_PAGES = 500  # ~10 ms a step, so ingest waits little between two batches
 

@@ -9,7 +9,6 @@ when read: database figures come from a cache that a background refresh keeps.
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -33,8 +32,6 @@ class DatabaseFigures:
     wal_size_mb: float = 0.0
     #: The newest event's id: a follower that starts here misses nothing committed later.
     last_event_id: int = 0
-    #: When these were read (``time.time()``); 0: never.
-    read_at: float = 0.0
 
 
 def read_figures(store: EventStore) -> DatabaseFigures:
@@ -46,7 +43,6 @@ def read_figures(store: EventStore) -> DatabaseFigures:
         database_size_mb=sizes.get("database_size_mb", 0.0),
         wal_size_mb=sizes.get("wal_size_mb", 0.0),
         last_event_id=store.last_id(),
-        read_at=time.time(),
     )
 
 
@@ -83,9 +79,7 @@ class SinkStats:
     def to_dict(self) -> dict[str, Any]:
         """The seed's dict: the database figures under ``database_stats`` (``bus`` only when publishing)."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("database", "bus")}
-        figures = dataclasses.asdict(self.database)
-        del figures["read_at"]
-        out["database_stats"] = figures
+        out["database_stats"] = dataclasses.asdict(self.database)
         if self.bus is not None:
             out["bus"] = dict(self.bus)
         return out

@@ -12,7 +12,7 @@ from typing import NoReturn
 from .._location import Location
 from .._storage import Durability
 from ._care import PostgresCheckReport, check_postgres, doctor_postgres, refuse_backup, refuse_recover, vacuum_postgres
-from ._store import DAY, SCHEMA_VERSION, PostgresStore, translate
+from ._store import DAY, SCHEMA_VERSION, PostgresStore
 
 __all__ = [
     "DAY",
@@ -24,7 +24,6 @@ __all__ = [
     "doctor",
     "open_store",
     "recover",
-    "translate",
     "vacuum",
 ]
 

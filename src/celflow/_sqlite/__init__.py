@@ -14,10 +14,9 @@ from .._storage import Durability
 from . import _care
 from ._care import CheckReport, RecoverReport, preflight
 from ._lock import DatabaseLock
-from ._store import MMAP_SIZE, SQLiteStore, translate
+from ._store import SQLiteStore
 
 __all__ = [
-    "MMAP_SIZE",
     "CheckReport",
     "RecoverReport",
     "SQLiteStore",
@@ -26,7 +25,6 @@ __all__ = [
     "doctor",
     "open_store",
     "recover",
-    "translate",
     "vacuum",
 ]
 

@@ -22,7 +22,7 @@ from .._exceptions import CorruptDatabaseError, DatabaseNotFoundError, WriterBus
 from .._files import writable_target
 from ._lock import DatabaseLock
 from ._schema import APPLICATION_ID, SCHEMA_VERSION, rebuild_counts
-from ._store import BUSY_TIMEOUT_MS, SQLiteStore, translate
+from ._store import BUSY_TIMEOUT_MS, SQLiteStore, file_uri, translate
 from ._wal import inspect_wal, rechain_wal
 
 log = logging.getLogger("celflow.care")
@@ -37,16 +37,6 @@ __all__ = [
     "recover_database",
     "vacuum_database",
 ]
-
-
-def _ro_uri(path: str) -> str:
-    """A read-only URI for ``path`` (quoted: '?', '#' and '%' in names stay part of the name)."""
-    return Path(path).resolve().as_uri() + "?mode=ro"
-
-
-def _rw_uri(path: str) -> str:
-    """A read-write URI for an existing ``path`` (quoted like :func:`_ro_uri`; never creates the file)."""
-    return Path(path).resolve().as_uri() + "?mode=rw"
 
 
 def _existing(path: str | os.PathLike[str]) -> str:
@@ -111,7 +101,7 @@ def check_database(path: str | os.PathLike[str], *, full: bool = False) -> Check
     if wal.damaged:
         report.problems.append(wal.describe())
     try:
-        conn = sqlite3.connect(_ro_uri(path), uri=True)
+        conn = sqlite3.connect(file_uri(path, "ro"), uri=True)
     except sqlite3.Error as exc:
         report.ok = False
         report.problems.append(f"cannot open: {exc}")
@@ -157,7 +147,7 @@ def vacuum_database(path: str | os.PathLike[str]) -> tuple[float, float]:
     lock = DatabaseLock(path)
     lock.share()  # a writer: no start check or recovery of another process meanwhile
     try:
-        conn = sqlite3.connect(_rw_uri(path), uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+        conn = sqlite3.connect(file_uri(path, "rw"), uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
         try:
             conn.execute("VACUUM")
             # Give the WAL's space back too; with readers or writers at work it cannot always be
@@ -186,7 +176,7 @@ def backup_database(path: str | os.PathLike[str], destination: str | os.PathLike
     os.close(fd)
     try:
         try:
-            conn = sqlite3.connect(_ro_uri(path), uri=True)
+            conn = sqlite3.connect(file_uri(path, "ro"), uri=True)
             try:
                 conn.execute("VACUUM INTO ?", (tmp,))
             finally:
@@ -487,7 +477,7 @@ def preflight(path: str | os.PathLike[str], *, durability: str = "full") -> None
             aside,
         )
     try:
-        conn = sqlite3.connect(_ro_uri(path), uri=True)
+        conn = sqlite3.connect(file_uri(path, "ro"), uri=True)
     except sqlite3.Error:
         return  # not openable at all: the store's own open says why
     try:

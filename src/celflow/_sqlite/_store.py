@@ -172,6 +172,12 @@ def _search_clause(needle: str) -> tuple[str, list[Any]]:
     return clause, [like, like, like, like, folded, "\x00", "\x00", "\x00", text, text, text]
 
 
+def file_uri(path: str, mode: str) -> str:
+    """SQLite's URI of ``path`` (``mode``: ro, rw): quoted, so '?', '#' and '%' stay part of the name;
+    absolute, so a later chdir changes nothing; ``rw`` never creates the file."""
+    return Path(os.path.abspath(path)).as_uri() + f"?mode={mode}"
+
+
 def _inspect_existing(path: str) -> None:
     """Refuse, without writing anything, a file that is not SQLite."""
     with open(path, "rb") as f:
@@ -264,9 +270,8 @@ class SQLiteStore(SQLReads):
         lock: DatabaseLock | None = None,
     ) -> None:
         self.path = os.fspath(path)
-        # '?', '#' and '%' in a name stay part of it; absolute, so a later chdir changes nothing. Read-write
-        # even for a reader (query_only): a read-only open of a WAL file cannot make its -shm.
-        self._uri = Path(os.path.abspath(self.path)).as_uri() + "?mode=rw"
+        # read-write even for a reader (query_only): a read-only open of a WAL file cannot make its -shm
+        self._uri = file_uri(self.path, "rw")
         self.readonly = readonly
         self.durability = durability
         self._local = threading.local()
@@ -490,13 +495,13 @@ class SQLiteStore(SQLReads):
             for size in _statement_sizes(len(rows), self._rows_per_statement):
                 params = list(itertools.chain.from_iterable(rows[start : start + size]))
                 params.append(created_at)
-                conn.execute(_insert_sql(size), params)
+                cur = conn.execute(_insert_sql(size), params)
                 start += size
             inserted = conn.total_changes - before
-            last_id = 0
+            # the connection's last inserted rowid: this batch's highest id once it inserted any (ids only grow)
+            last_id = (cur.lastrowid or 0) if inserted else 0
             if inserted:
                 conn.execute(COUNT_NEW_EVENTS, (first_new - 1,))
-                last_id = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()[0]
             ids = self._resolve_ids(conn, rows, inserted, first_new) if want_ids else None
         return InsertResult(ids, inserted, len(rows) - inserted, last_id)
 

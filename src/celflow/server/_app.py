@@ -35,7 +35,7 @@ from .._exceptions import (
     ValidationError,
 )
 from .._export import CSV_COLUMNS, _csv_row
-from .._sink import Sink
+from .._sink import Prepared, Sink
 from .._types import StoredEvent
 from ._guard import Guard
 from ._metrics import Metrics
@@ -202,7 +202,7 @@ class Api:
         wait = request.query_params.get("wait", "false").lower() in ("1", "true", "yes", "committed")
         body = await self.body(request)
 
-        def parse() -> Any:
+        def parse() -> Prepared:
             return self.sink.prepare(self.events_of(request, body))
 
         # Parsing and encoding a large body would stall every other request and stream.
